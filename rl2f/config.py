@@ -226,7 +226,6 @@ class TrainSection:
     std_normalize: bool = True  # divide group-centred advantages by the group std
     drop_zero_variance: bool = True  # groups whose rewards are all equal carry no signal
     critique_weight: float = 0.0  # likelihood weight on teacher turns (self-correction)
-    off_policy_lag: int = 0  # max optimiser steps between the adapter that generated a batch and the one trained
     init_adapter: str = ""  # PEFT adapter to start from (e.g. an SFT warm start for GRPO); "" = fresh LoRA
     sft_data: str = ""  # JSONL of dialogues for SFT ("" = generate from the task with its hints)
     sft_epochs: int = 1
@@ -243,7 +242,7 @@ class TrainSection:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not 0.0 <= self.gamma <= 1.0:
             raise ValueError(f"gamma must be in [0, 1], got {self.gamma}")
-        for name in ("clip_low", "clip_high", "beta", "critique_weight", "off_policy_lag", "save_every", "warmup_steps",
+        for name in ("clip_low", "clip_high", "beta", "critique_weight", "save_every", "warmup_steps",
                      "weight_decay", "max_student_tokens"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")

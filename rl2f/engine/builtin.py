@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+from pathlib import Path
 from typing import Any, Sequence
 
 import torch
@@ -32,6 +33,7 @@ from rl2f.engine.sampling import (
 )
 from rl2f.engine.types import CompletionOutput, RequestOutput, SamplingParams, per_request
 from rl2f.errors import UserError
+from rl2f.lora import adapters_disabled, load_adapter
 
 
 @dataclasses.dataclass
@@ -43,13 +45,7 @@ class _Unit:
 
 
 def _adapter_context(model: torch.nn.Module, use_adapter: bool):
-    if use_adapter:
-        return contextlib.nullcontext()
-    try:
-        from rl2f.lora import adapters_disabled
-    except ImportError:  # no LoRA module: the model cannot carry an adapter to switch off
-        return contextlib.nullcontext()
-    return adapters_disabled(model)
+    return contextlib.nullcontext() if use_adapter else adapters_disabled(model)
 
 
 class BuiltinEngine:
@@ -74,14 +70,17 @@ class BuiltinEngine:
         self.max_len = max_len or getattr(model.config, "max_position_embeddings", None)
         self.sync_every = max(1, int(sync_every))
         self.compact_fraction = compact_fraction
-        self.adapter_version = 0
+        self.adapter_on = True  # False after set_adapter(None): student requests run the base
         self._next_request_id = 0
         self._vocab_hash: torch.Tensor | None = None
 
-    def set_adapter_version(self, version: int) -> None:
-        """Called by the trainer after each optimizer step: the shared model already holds
-        the new weights, so this only labels the outputs with the policy version."""
-        self.adapter_version = int(version)
+    def set_adapter(self, version: int | None, path: str | Path | None = None) -> None:
+        """The engine shares the trainer's model, so after an optimiser step the new weights
+        are already live and `path` is None. A `path` loads that PEFT adapter into the model
+        (evaluation of saved adapters); `version=None` makes student requests run the base."""
+        if path is not None:
+            load_adapter(self.model, path)
+        self.adapter_on = version is not None
 
     # --- public API -----------------------------------------------------------------------
 
@@ -94,7 +93,7 @@ class BuiltinEngine:
         """Sample `n` completions per prompt (token-id lists, or strings to encode)."""
         prompts = [self._prompt_ids(p) for p in prompts]
         params = per_request(sampling_params or SamplingParams(), len(prompts), "sampling_params")
-        flags = [bool(f) for f in per_request(use_adapter, len(prompts), "use_adapter")]
+        flags = [bool(f) and self.adapter_on for f in per_request(use_adapter, len(prompts), "use_adapter")]
         seeds = [request_seed(sp.seed, ids) if sp.seed is not None
                  else int(torch.randint(0, 2**62, ()).item()) for sp, ids in zip(params, prompts)]
         results: list[list[CompletionOutput | None]] = [[None] * sp.n for sp in params]
@@ -121,7 +120,6 @@ class BuiltinEngine:
                 request_id=str(self._next_request_id),
                 prompt_token_ids=list(ids),
                 outputs=results[r],
-                adapter_version=self.adapter_version if flags[r] else None,
             ))
             self._next_request_id += 1
         return outputs

@@ -15,7 +15,8 @@ Conventions every engine follows (the trainer relies on them):
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from pathlib import Path
+from typing import Literal, Protocol, Sequence
 
 from rl2f.errors import UserError
 
@@ -81,7 +82,23 @@ class RequestOutput:
     request_id: str
     prompt_token_ids: list[int]
     outputs: list[CompletionOutput]
-    adapter_version: int | None = None  # policy version that sampled it; None = adapter off
+
+
+class Engine(Protocol):
+    """What the episode runner, the trainer and the evaluator need of a rollout engine.
+
+    Student requests (`use_adapter=True`) run the adapter chosen by the last `set_adapter`;
+    teacher and reference requests (`use_adapter=False`) always run the base weights."""
+
+    def generate(self, prompts: Sequence[Sequence[int] | str],
+                 sampling_params: "SamplingParams | Sequence[SamplingParams] | None" = None,
+                 use_adapter: bool | Sequence[bool] = True) -> list[RequestOutput]: ...
+
+    def set_adapter(self, version: int | None, path: str | Path | None = None) -> None:
+        """Student requests from now on run adapter `version` (None: the base, adapter off).
+        `path` is a PEFT adapter directory; the built-in engine, which shares the trainer's
+        model, takes None to mean "the weights the model holds now"."""
+        ...
 
 
 def per_request(value, n: int, name: str) -> list:

@@ -1,7 +1,7 @@
 """The vLLM rollout engine: the fast path on GPUs, behind the built-in engine's interface.
 
 vLLM is imported lazily (an optional extra). The student's adapter travels as a PEFT-format
-directory: `load_adapter_version(dir, v)` makes later student requests carry
+directory: `set_adapter(v, dir)` makes later student requests carry
 `LoRARequest(f"v{v}", v + 1, dir)`; vLLM treats a new id as a new adapter, so each version is
 hot-swapped without a restart or a merge. Teacher / reference requests (use_adapter=False)
 run on the base weights in the same batch.
@@ -16,6 +16,7 @@ engines agree.
 from __future__ import annotations
 
 import warnings
+from pathlib import Path
 from typing import Any, Sequence
 
 from rl2f.engine.sampling import request_seed
@@ -65,7 +66,7 @@ def _logprob_of(entry: Any, token: int) -> float:
     return float(getattr(value, "logprob", value))
 
 
-def convert_request_output(out: Any, adapter_version: int | None = None) -> RequestOutput:
+def convert_request_output(out: Any) -> RequestOutput:
     """A vLLM RequestOutput (duck-typed) -> ours."""
     completions = []
     for c in out.outputs:
@@ -93,7 +94,6 @@ def convert_request_output(out: Any, adapter_version: int | None = None) -> Requ
         request_id=str(out.request_id),
         prompt_token_ids=[int(t) for t in out.prompt_token_ids],
         outputs=completions,
-        adapter_version=adapter_version,
     )
 
 
@@ -130,14 +130,18 @@ class VLLMEngine:
             warnings.warn("this vLLM has no logprobs_mode; log-probs are at temperature 1")
             args.pop("logprobs_mode")
             self.llm = vllm.LLM(**args)
-        self.adapter_version: int | None = None
         self._lora_request = None
 
-    def load_adapter_version(self, adapter_dir: str, version: int) -> None:
-        """Student requests from now on use the PEFT adapter in `adapter_dir` (hot swap)."""
+    def set_adapter(self, version: int | None, path: str | Path | None = None) -> None:
+        """Student requests from now on use the PEFT adapter in `path` (hot swap), or the
+        base with `version=None`."""
+        if version is None:
+            self._lora_request = None
+            return
+        if path is None:
+            raise UserError("the vLLM engine takes an adapter as a PEFT directory: set_adapter(version, path)")
         # lora_int_id must be >= 1 and new per version: vLLM caches adapters by id
-        self._lora_request = self._LoRARequest(f"v{version}", int(version) + 1, str(adapter_dir))
-        self.adapter_version = int(version)
+        self._lora_request = self._LoRARequest(f"v{version}", int(version) + 1, str(path))
 
     def _prompt(self, p: Any) -> dict:
         if isinstance(p, str):
@@ -165,8 +169,5 @@ class VLLMEngine:
             lora_request=lora,
             use_tqdm=False,
         )
-        return [
-            convert_request_output(o, self.adapter_version if (f and self._lora_request) else None)
-            for o, f in zip(outs, flags)
-        ]
+        return [convert_request_output(o) for o in outs]
 

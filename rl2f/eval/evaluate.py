@@ -18,7 +18,6 @@ report's fields: rl2f/eval/report.py.
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import time
 from pathlib import Path
@@ -94,28 +93,12 @@ def _batch_seed(seed: int, batch: int) -> int:
 # Model switching
 
 
-@contextlib.contextmanager
-def _selected(model, engine, name: str, adapter: str | None, version: int):
-    """Inside the block, student requests run `name`: the base (adapter off) or `adapter`."""
-    if hasattr(engine, "load_adapter_version"):  # vLLM: the adapter travels as a directory
-        if adapter is None:
-            engine._lora_request, engine.adapter_version = None, None  # no public unload yet
-        else:
-            engine.load_adapter_version(str(adapter), version)
-        yield
-        return
-    from rl2f.lora import adapters_disabled, load_adapter
-
-    if adapter is None:
-        with adapters_disabled(model):
-            yield
-        return
+def _select(engine, name: str, adapter: str | None, version: int) -> None:
+    """Student requests from now on run `name`: the base (adapter off) or `adapter`."""
     try:
-        load_adapter(model, adapter)  # replaces the previous adapter, whatever its shape
+        engine.set_adapter(None if adapter is None else version, adapter)
     except UserError as e:
         raise UserError(f"adapter '{name}' ({adapter}): {e}") from None
-    engine.set_adapter_version(version)
-    yield
 
 
 # ----------------------------------------------------------------------------------------
@@ -190,18 +173,18 @@ def evaluate_models(cfg: RunConfig, models: dict[str, str | None], problems=None
     episodes: dict[str, dict[str, dict[int, list[Episode]]]] = {}
     for version, (name, adapter) in enumerate(models.items(), start=1):
         episodes[name] = {k: {s: [] for s in seeds} for k in kinds[name]}
-        with _selected(model, engine, name, adapter, version):
-            for seed in seeds:
-                for task, ps in sets:
-                    for kind in kinds[name]:
-                        group = S * T if kind == "pass" else S
-                        for b in range(0, len(ps), per_batch):
-                            batch = ps[b : b + per_batch]
-                            eps = runners[task.name][kind].run(batch, group, seed=_batch_seed(seed, b // per_batch),
-                                                               adapter_version=version if adapter else 0)
-                            episodes[name][kind][seed] += eps
-                            if progress is not None:
-                                progress(len(batch), total, f"{name} {kind} seed {seed}")
+        _select(engine, name, adapter, version)
+        for seed in seeds:
+            for task, ps in sets:
+                for kind in kinds[name]:
+                    group = S * T if kind == "pass" else S
+                    for b in range(0, len(ps), per_batch):
+                        batch = ps[b : b + per_batch]
+                        eps = runners[task.name][kind].run(batch, group, seed=_batch_seed(seed, b // per_batch),
+                                                           adapter_version=version if adapter else 0)
+                        episodes[name][kind][seed] += eps
+                        if progress is not None:
+                            progress(len(batch), total, f"{name} {kind} seed {seed}")
         if episodes_dir is not None:
             out = Path(episodes_dir)
             out.mkdir(parents=True, exist_ok=True)

@@ -23,8 +23,7 @@ What it does, per optimiser step:
    checkpoint is kept), AdamW, warmup + cosine schedule.
 5. Hand-off: the new adapter version reaches the engine before the next rollout (the
    built-in engine shares the weights and is relabelled; vLLM gets a PEFT directory and a new
-   LoRA id). Every episode records its adapter version, and a batch older than
-   `train.off_policy_lag` steps is refused.
+   LoRA id). Every episode records the adapter version that sampled it.
 
 Departures from the paper: LoRA (r16 as the replication) rather than full fine-tuning; the
 per-turn group baseline is this implementation's reading of "group-normalised discounted
@@ -49,7 +48,6 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import torch
 
@@ -124,33 +122,30 @@ def episode_sequences(episodes, cfg: RunConfig) -> tuple[list[TrainSequence], li
     return seqs, list(s.values())
 
 
-def rollouts(run: Run, problems: list, position: int, d: Dist, timer: Timer) -> Iterator[RolloutBatch]:
-    """Endless: each `next()` plays this rank's chunks of the next step with the engine's
-    current adapter and yields them with advantages. `position` = problems consumed so far."""
+def rollout(run: Run, problems: list, stream: EpochStream, position: int, version: int, d: Dist,
+            timer: Timer) -> RolloutBatch:
+    """Play this rank's chunks of one step, from data position `position` (problems consumed
+    so far), with adapter `version`, and return them with advantages."""
     cfg = run.cfg
     P = cfg.rollout.problems_per_batch
     chunks = cfg.train.grad_accum * d.world_size
-    stream = EpochStream(len(problems), cfg.task.seed)
-    while True:
-        t0 = time.perf_counter()
-        episodes, micro = [], []
-        stats = None
-        version = getattr(run.engine, "adapter_version", 0) or 0
-        # The built-in engine samples with the trainer's own (FSDP-sharded) model: unshard it once.
-        full = unsharded(run.model) if cfg.rollout.engine == "builtin" else contextlib.nullcontext()
-        with timer("rollout"), full:
-            for k in range(d.rank, chunks, d.world_size):
-                start = position + k * P
-                chunk = [problems[stream[i]] for i in range(start, start + P)]
-                eps = run.runner.run(chunk, cfg.rollout.group_size, seed=start, adapter_version=version)
-                chunk_seqs, chunk_stats = episode_sequences(eps, cfg)
-                episodes += eps
-                # Bucketed per chunk, so a chunk's micro-batches are the same whichever rank
-                # (or accumulation step) runs it: one process and N ranks add the same terms.
-                micro += [[chunk_seqs[i] for i in b] for b in length_buckets(chunk_seqs, cfg.train.micro_batch)]
-                stats = chunk_stats if stats is None else [a + b for a, b in zip(stats, chunk_stats)]
-        position += chunks * P
-        yield RolloutBatch(episodes, micro, stats, time.perf_counter() - t0)
+    t0 = time.perf_counter()
+    episodes, micro = [], []
+    stats = None
+    # The built-in engine samples with the trainer's own (FSDP-sharded) model: unshard it once.
+    full = unsharded(run.model) if cfg.rollout.engine == "builtin" else contextlib.nullcontext()
+    with timer("rollout"), full:
+        for k in range(d.rank, chunks, d.world_size):
+            start = position + k * P
+            chunk = [problems[stream[i]] for i in range(start, start + P)]
+            eps = run.runner.run(chunk, cfg.rollout.group_size, seed=start, adapter_version=version)
+            chunk_seqs, chunk_stats = episode_sequences(eps, cfg)
+            episodes += eps
+            # Bucketed per chunk, so a chunk's micro-batches are the same whichever rank
+            # (or accumulation step) runs it: one process and N ranks add the same terms.
+            micro += [[chunk_seqs[i] for i in b] for b in length_buckets(chunk_seqs, cfg.train.micro_batch)]
+            stats = chunk_stats if stats is None else [a + b for a, b in zip(stats, chunk_stats)]
+    return RolloutBatch(episodes, micro, stats, time.perf_counter() - t0)
 
 
 # ----------------------------------------------------------------------------------------
@@ -160,8 +155,8 @@ def rollouts(run: Run, problems: list, position: int, d: Dist, timer: Timer) -> 
 def hand_off(run: Run, version: int, out_dir: Path) -> None:
     """Make adapter `version` the one the engine samples with before the next rollout."""
     engine, d = run.engine, run.dist
-    if hasattr(engine, "set_adapter_version"):  # built-in: same weights, in process
-        engine.set_adapter_version(version)
+    if run.cfg.rollout.engine == "builtin":  # same weights, in process: already live
+        engine.set_adapter(version)
         return
     # vLLM: a PEFT directory per version and a new LoRA id (vLLM caches adapters by id).
     adapters = out_dir / "adapters"
@@ -170,7 +165,7 @@ def hand_off(run: Run, version: int, out_dir: Path) -> None:
         if d.is_main:
             save_adapter(run.model, path)
     barrier(d)
-    engine.load_adapter_version(str(path), version)
+    engine.set_adapter(version, path)
     barrier(d)
     if d.is_main:
         shutil.rmtree(adapters / f"v{version - 2:06d}", ignore_errors=True)
@@ -219,16 +214,13 @@ def train_grpo(cfg: RunConfig, out_dir: str | Path, resume: str | Path | None = 
         return bool(t.max_student_tokens) and generated >= t.max_student_tokens
 
     hand_off(run, step, out_dir)  # the adapter version is the number of optimiser steps taken
-    batches = rollouts(run, train_problems(cfg, run.task), position, d, timer)
+    problems = train_problems(cfg, run.task)
+    stream = EpochStream(len(problems), cfg.task.seed)
     try:
         while step < t.max_steps and not budget_spent():
             t0 = time.perf_counter()
             # --- rollout (on the current adapter) and the step's global counts
-            batch = next(batches)
-            stale = [e.adapter_version for e in batch.episodes if step - e.adapter_version > t.off_policy_lag]
-            if stale:
-                raise RuntimeError(f"step {step}: episodes from adapter version {min(stale)} exceed "
-                                   f"train.off_policy_lag={t.off_policy_lag}")
+            batch = rollout(run, problems, stream, position, step, d, timer)
             stats = dict(zip(names, all_reduce_sum(batch.stats, d)))
             generated += int(stats["student_tokens"])
             attempts += int(stats["turns"])

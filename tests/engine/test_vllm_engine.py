@@ -100,8 +100,8 @@ def test_convert_request_output():
             _completion(2, [7, 7, 7], "length", None, "www", [-3.0, -3.0, -3.0]),
         ],
     )
-    r = convert_request_output(out, adapter_version=4)
-    assert r.request_id == "r7" and r.prompt_token_ids == [1, 2, 3] and r.adapter_version == 4
+    r = convert_request_output(out)
+    assert r.request_id == "r7" and r.prompt_token_ids == [1, 2, 3]
     assert [c.index for c in r.outputs] == [0, 1, 2]
     assert r.outputs[0].token_ids == [4, 5, 2] and r.outputs[0].logprobs == [-0.1, -0.2, -0.3]
     assert r.outputs[0].stop_reason == 2 and r.outputs[0].finish_reason == "stop"
@@ -116,9 +116,9 @@ def test_convert_request_output():
 
 def test_engine_requests_and_lora_hot_swap(fake_vllm):
     """LLM starts with LoRA enabled and processed log-probs; our SamplingParams become
-    vLLM's with the tokenizer's stop ids added and the seed mixed with the prompt; after load_adapter_version(dir, v) student
+    vLLM's with the tokenizer's stop ids added and the seed mixed with the prompt; after set_adapter(v, dir) student
     requests carry LoRARequest('v{v}', v+1, dir) (a new id per version: hot swap) and
-    teacher requests none; outputs carry the adapter version that produced them."""
+    teacher requests none; set_adapter(None) returns students to the base."""
     eng = make_engine("vllm", model_path="/ckpt", tokenizer=_Tok(), max_lora_rank=16,
                       gpu_memory_utilization=0.5, dtype="bfloat16")
     llm = _FakeLLM.instances[-1]
@@ -138,19 +138,22 @@ def test_engine_requests_and_lora_hot_swap(fake_vllm):
     assert v.stop == ["\n\n"] and v.stop_token_ids == [9, 11, 2]
     assert v.include_stop_str_in_output is False
     assert loras == [None, None]  # no adapter loaded yet: the base serves everyone
-    assert [r.adapter_version for r in res] == [None, None]
     assert [c.index for c in res[0].outputs] == [0, 1, 2]
     assert res[0].outputs[0].logprobs == [-0.5, -0.25, -0.125]
 
-    eng.load_adapter_version("/run/adapter-3", 3)
+    eng.set_adapter(3, "/run/adapter-3")
     res = eng.generate([[1], [2], [3]], SamplingParams(), use_adapter=[True, False, True])
     loras = llm.calls[-1][2]
     assert loras[1] is None and loras[0] is loras[2]
     assert (loras[0].lora_name, loras[0].lora_int_id, loras[0].lora_path) == ("v3", 4, "/run/adapter-3")
-    assert [r.adapter_version for r in res] == [3, None, 3]
-    eng.load_adapter_version("/run/adapter-4", 4)
+    eng.set_adapter(4, "/run/adapter-4")
     eng.generate([[1]], SamplingParams())
     assert llm.calls[-1][2][0].lora_int_id == 5
+    eng.set_adapter(None)
+    eng.generate([[1]], SamplingParams())
+    assert llm.calls[-1][2] == [None]
+    with pytest.raises(UserError, match="PEFT directory"):
+        eng.set_adapter(6)
 
 
 def test_per_request_lists_must_match(fake_vllm):
@@ -165,7 +168,7 @@ def test_real_vllm_logprobs_and_lora_hot_swap(tmp_path):
     logits: vLLM's returned log-probs are log_softmax(logits / T) of our fp32 model at the
     sampled tokens to bf16 accuracy (so the temperature is applied: 'processed' log-probs;
     at T = 1 they would be off by far more); after
-    load_adapter_version, student requests follow the LoRA model and teacher requests the
+    set_adapter, student requests follow the LoRA model and teacher requests the
     base, in the same call."""
     pytest.importorskip("vllm")
     import torch
@@ -188,12 +191,11 @@ def test_real_vllm_logprobs_and_lora_hot_swap(tmp_path):
 
     eng = make_engine("vllm", model_path=str(path), tokenizer=tok, max_lora_rank=8,
                       gpu_memory_utilization=0.3, max_model_len=256, enforce_eager=True, dtype="bfloat16")
-    eng.load_adapter_version(str(adapter), 1)
+    eng.set_adapter(1, adapter)
     prompts = [[5, 6, 7, 8], [9, 10, 11, 12, 13, 14]]
     T = 0.5
     sp = SamplingParams(n=2, temperature=T, max_tokens=8, seed=0)
     outs = eng.generate(prompts + prompts, sp, use_adapter=[True, True, False, False])
-    assert [o.adapter_version for o in outs] == [1, 1, None, None]
     model.eval(), lora.eval()
 
     def ref_logprobs(m, prompt, ids):
