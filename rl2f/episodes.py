@@ -28,10 +28,10 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 from rl2f.errors import UserError
+from rl2f.roles import Role
 from rl2f.tasks.base import Problem, Task
 from rl2f.teacher import FeedbackRequest, feedback_turn_tokens
 
-ROLE_TEMPLATE, ROLE_STUDENT, ROLE_TEACHER = 0, 1, 2
 
 
 @dataclass
@@ -71,7 +71,7 @@ class Episode:
 
     @property
     def loss_mask(self) -> list[int]:
-        return [1 if r == ROLE_STUDENT else 0 for r in self.token_roles]
+        return [1 if r == Role.STUDENT else 0 for r in self.token_roles]
 
     def to_json(self) -> str:
         d = asdict(self)
@@ -172,7 +172,7 @@ class EpisodeRunner:
             for g in range(group_size):
                 episodes.append(
                     Episode(p.id, self.task.name, g, adapter_version, seed, [dict(m) for m in messages], [],
-                            list(prompt), [ROLE_TEMPLATE] * len(prompt), [-1] * len(prompt), [0.0] * len(prompt))
+                            list(prompt), [Role.TEMPLATE] * len(prompt), [-1] * len(prompt), [0.0] * len(prompt))
                 )
         by_problem = {p.id: p for p in problems}
         active = list(range(len(episodes)))
@@ -196,14 +196,14 @@ class EpisodeRunner:
                 problem = by_problem[ep.problem_id]
                 ids = list(c.token_ids)
                 ep.token_ids += ids
-                ep.token_roles += [ROLE_STUDENT] * len(ids)
+                ep.token_roles += [Role.STUDENT] * len(ids)
                 ep.token_turns += [turn] * len(ids)
                 ep.sampling_logprobs += [float(x) for x in c.logprobs]
                 if not ids or ids[-1] not in self.tokenizer.stop_ids:
                     # Cut at max_tokens: close the turn so the dialogue stays well-formed; the
                     # closing token was not sampled, so it carries no loss.
                     ep.token_ids.append(self.turn_end_id)
-                    ep.token_roles.append(ROLE_TEMPLATE)
+                    ep.token_roles.append(Role.TEMPLATE)
                     ep.token_turns.append(-1)
                     ep.sampling_logprobs.append(0.0)
                 verdict = self.task.verify(c.text, problem)
@@ -220,10 +220,10 @@ class EpisodeRunner:
                 t = ep.turns[-1]
                 t.feedback, t.leak_flagged, t.leak_reasons = fb.text, fb.leak_flagged, list(fb.leak_reasons)
                 ids, owner = feedback_turn_tokens(self.tokenizer, fb.text)
-                roles = [ROLE_TEACHER if o else ROLE_TEMPLATE for o in owner]
+                roles = [Role.TEACHER if o else Role.TEMPLATE for o in owner]
                 ep.token_ids += ids
                 ep.token_roles += roles
-                ep.token_turns += [turn if r == ROLE_TEACHER else -1 for r in roles]
+                ep.token_turns += [turn if r == Role.TEACHER else -1 for r in roles]
                 ep.sampling_logprobs += [0.0] * len(ids)
                 ep.messages.append({"role": "user", "content": fb.text})
             active = needs_feedback
@@ -271,7 +271,7 @@ def summarize(episodes: Iterable[Episode], max_turns: int, seconds: float | None
     n = len(episodes)
     solved = [e.solved_at for e in episodes]
     feedback_turns = [t for e in episodes for t in e.turns if t.feedback is not None]
-    student_tokens = sum(r == ROLE_STUDENT for e in episodes for r in e.token_roles)
+    student_tokens = sum(r == Role.STUDENT for e in episodes for r in e.token_roles)
     out = {
         "problems": len({e.problem_id for e in episodes}),
         "episodes": n,

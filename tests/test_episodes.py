@@ -5,10 +5,10 @@ import pytest
 
 from rl2f.engine import BuiltinEngine, SamplingParams
 from rl2f.engine.types import CompletionOutput, RequestOutput
-from rl2f.episodes import (ROLE_STUDENT, ROLE_TEACHER, ROLE_TEMPLATE, EpisodeRunner, generate_to_file,
-                           read_episodes, summarize)
+from rl2f.episodes import EpisodeRunner, generate_to_file, read_episodes, summarize
 from rl2f.errors import UserError
 from rl2f.model import build_tiny_checkpoint, load_model, load_tokenizer
+from rl2f.roles import Role
 from rl2f.tasks import get_task
 from rl2f.teacher import RETRY_MESSAGE, make_teacher
 
@@ -63,12 +63,12 @@ def test_tokens_equal_the_chat_rendering_and_stop_at_first_correct(tiny):
     assert ep.token_ids == ids[:n] and all(o == -1 for o in owner[n:])
     owner = owner[:n]
     # Student tokens: each attempt's content and its end-of-turn token; teacher: each hint.
-    for m, role in ((1, ROLE_STUDENT), (2, ROLE_TEACHER), (3, ROLE_STUDENT), (4, ROLE_TEACHER), (5, ROLE_STUDENT)):
+    for m, role in ((1, Role.STUDENT), (2, Role.TEACHER), (3, Role.STUDENT), (4, Role.TEACHER), (5, Role.STUDENT)):
         assert [r for r, o in zip(ep.token_roles, owner) if o == m] == [role] * owner.count(m)
-    assert all(r == ROLE_TEMPLATE for r, o in zip(ep.token_roles, owner) if o in (-1, 0))
-    assert [ep.sampling_logprobs[i] for i, r in enumerate(ep.token_roles) if r == ROLE_STUDENT] == [-0.5] * ep.token_roles.count(ROLE_STUDENT)
-    assert ep.loss_mask == [int(r == ROLE_STUDENT) for r in ep.token_roles]
-    assert {ep.token_turns[i] for i, r in enumerate(ep.token_roles) if r == ROLE_STUDENT} == {0, 1, 2}
+    assert all(r == Role.TEMPLATE for r, o in zip(ep.token_roles, owner) if o in (-1, 0))
+    assert [ep.sampling_logprobs[i] for i, r in enumerate(ep.token_roles) if r == Role.STUDENT] == [-0.5] * ep.token_roles.count(Role.STUDENT)
+    assert ep.loss_mask == [int(r == Role.STUDENT) for r in ep.token_roles]
+    assert {ep.token_turns[i] for i, r in enumerate(ep.token_roles) if r == Role.STUDENT} == {0, 1, 2}
 
 
 def test_group_fan_out_then_batched_turns(tiny):
@@ -97,14 +97,14 @@ def test_real_engine_logprobs_line_up_with_student_tokens(tiny):
     eps = runner.run(task.problems(2, split="train"), group_size=2, seed=1)
     for ep in eps:
         assert len(ep.token_ids) == len(ep.token_roles) == len(ep.token_turns) == len(ep.sampling_logprobs)
-        student = [i for i, r in enumerate(ep.token_roles) if r == ROLE_STUDENT]
+        student = [i for i, r in enumerate(ep.token_roles) if r == Role.STUDENT]
         assert all(ep.sampling_logprobs[i] < 0 for i in student)
         for t, turn in enumerate(ep.turns):
             n = sum(1 for i in student if ep.token_turns[i] == t)
             assert 1 <= n <= 4
             if turn.finish_reason == "length":
                 last = max(i for i in student if ep.token_turns[i] == t)
-                assert ep.token_ids[last + 1] == tok.stop_ids[0] and ep.token_roles[last + 1] == ROLE_TEMPLATE
+                assert ep.token_ids[last + 1] == tok.stop_ids[0] and ep.token_roles[last + 1] == Role.TEMPLATE
 
 
 def test_generate_to_file_resumes_without_duplicates(tiny, tmp_path):

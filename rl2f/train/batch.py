@@ -19,7 +19,7 @@ from typing import NamedTuple, Sequence
 
 import torch
 
-from rl2f.train.losses import ROLE_TEACHER
+from rl2f.roles import Role
 
 
 @dataclass
@@ -39,7 +39,7 @@ class TrainSequence:
 
     @property
     def n_teacher(self) -> int:
-        return sum(r == ROLE_TEACHER for r in self.roles[1:])
+        return sum(r == Role.TEACHER for r in self.roles[1:])
 
 
 class MicroBatch(NamedTuple):
@@ -81,7 +81,7 @@ def collate(seqs: Sequence[TrainSequence], pad_id: int, device, with_teacher: bo
                 ltgt.append(s.token_ids[i])
                 adv.append(s.advantages[i] if has_rl else 0.0)
                 old.append(s.old_logprobs[i] if has_rl else 0.0)
-            if with_teacher and s.roles[i] == ROLE_TEACHER:
+            if with_teacher and s.roles[i] == Role.TEACHER:
                 tpos.append((b, i - 1))
                 ttgt.append(s.token_ids[i])
     padded = bool((mask[:, :-1] == 0).any())

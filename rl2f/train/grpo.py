@@ -54,6 +54,7 @@ import torch
 from rl2f.config import RunConfig
 from rl2f.errors import UserError
 from rl2f.lora import adapters_disabled, save_adapter
+from rl2f.roles import Role
 from rl2f.train.batch import TrainSequence, collate, forward_hidden, gather_logprobs, length_buckets
 from rl2f.train.checkpoint import restore, save_checkpoint
 from rl2f.train.common import (EpochStream, Metrics, Run, Timer, start_run, clip_and_check,
@@ -61,7 +62,7 @@ from rl2f.train.common import (EpochStream, Metrics, Run, Timer, start_run, clip
                                train_problems)
 from rl2f.train.distributed import (Dist, all_reduce_max, all_reduce_sum, barrier, loss_scale,
                                     unsharded)
-from rl2f.train.losses import ROLE_STUDENT, grpo_loss, group_advantages, nll_loss, token_targets
+from rl2f.train.losses import grpo_loss, group_advantages, nll_loss, token_targets
 
 
 # ----------------------------------------------------------------------------------------
@@ -111,7 +112,7 @@ def episode_sequences(episodes, cfg: RunConfig) -> tuple[list[TrainSequence], li
             s["kept_turns"] += sum(keep)
             for k in range(max_turns):
                 s[f"solved_by_{k + 1}"] += e.solved_at is not None and e.solved_at <= k + 1
-            student = [i for i, r in enumerate(e.token_roles) if r == ROLE_STUDENT]
+            student = [i for i, r in enumerate(e.token_roles) if r == Role.STUDENT]
             s["student_tokens"] += len(student)
             s["sampling_lp_sum"] += sum(e.sampling_logprobs[i] for i in student)
             s["tokens"] += len(seq)

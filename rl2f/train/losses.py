@@ -33,7 +33,7 @@ from typing import NamedTuple, Sequence
 
 import torch
 
-ROLE_TEMPLATE, ROLE_STUDENT, ROLE_TEACHER = 0, 1, 2
+from rl2f.roles import Role
 
 
 # ----------------------------------------------------------------------------------------
@@ -89,7 +89,7 @@ def token_targets(token_roles: Sequence[int], token_turns: Sequence[int], turn_a
     advantage and mask; every other token (prompt, template, teacher) is masked out."""
     adv, mask = [], []
     for role, turn in zip(token_roles, token_turns):
-        if role == ROLE_STUDENT:
+        if role == Role.STUDENT:
             adv.append(float(turn_advantages[turn]))
             mask.append(int(bool(turn_keep[turn])))
         else:

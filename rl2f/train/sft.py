@@ -40,12 +40,13 @@ import torch
 
 from rl2f.config import RunConfig
 from rl2f.errors import UserError
+from rl2f.roles import Role
 from rl2f.train.batch import TrainSequence, collate, forward_hidden, gather_logprobs, length_buckets
 from rl2f.train.checkpoint import restore, save_checkpoint
 from rl2f.train.common import (EpochStream, Metrics, Timer, start_run, clip_and_check, make_optimizer,
                                make_scheduler, peak_memory_mb, progress_bar, train_problems)
 from rl2f.train.distributed import Dist, all_reduce_sum, loss_scale, unsharded
-from rl2f.train.losses import ROLE_STUDENT, ROLE_TEACHER, ROLE_TEMPLATE, nll_loss
+from rl2f.train.losses import nll_loss
 
 
 # ----------------------------------------------------------------------------------------
@@ -60,18 +61,18 @@ def chat_sequence(messages: list[dict], tokenizer) -> TrainSequence:
     roles = []
     for o in owner:
         if o < 0:
-            roles.append(ROLE_TEMPLATE)
+            roles.append(Role.TEMPLATE)
         elif messages[o]["role"] == "assistant":
-            roles.append(ROLE_STUDENT)
+            roles.append(Role.STUDENT)
         elif messages[o]["role"] == "user" and o > first_assistant:
-            roles.append(ROLE_TEACHER)
+            roles.append(Role.TEACHER)
         else:
-            roles.append(ROLE_TEMPLATE)
-    return TrainSequence(ids, roles, [int(r == ROLE_STUDENT) for r in roles])
+            roles.append(Role.TEMPLATE)
+    return TrainSequence(ids, roles, [int(r == Role.STUDENT) for r in roles])
 
 
 def episode_sequence(ep) -> TrainSequence:
-    return TrainSequence(list(ep.token_ids), list(ep.token_roles), [int(r == ROLE_STUDENT) for r in ep.token_roles])
+    return TrainSequence(list(ep.token_ids), list(ep.token_roles), [int(r == Role.STUDENT) for r in ep.token_roles])
 
 
 def read_sft_file(path: str | Path, tokenizer) -> list[TrainSequence]:
