@@ -36,16 +36,17 @@ def generate(config_path, overrides, out, adapter, split, n_problems, skip_bad):
     """Roll out episodes (student with the adapter, teacher from rollout.teacher) to --out."""
     from rl2f.config import RunConfig, load_config
     from rl2f.episodes import generate_to_file, read_episodes, summarize
-    from rl2f.train.common import build_run, effective_max_turns
-    from rl2f.train.distributed import Dist
+    from rl2f.distributed import Dist
+    from rl2f.run import build_inference_run, training_runner
 
     cfg = load_config(RunConfig, config_path, overrides)
     if skip_bad:
         if cfg.task.name not in FILE_TASKS:
             raise UserError(f"--skip-bad applies to tasks read from a file ({', '.join(FILE_TASKS)}), not {cfg.task.name}")
         cfg.task.options["skip_bad"] = True
-    run = build_run(cfg, Dist(), adapter=adapter)
-    run.model.eval()
+    run = build_inference_run(cfg, Dist())
+    run.engine.set_adapter(None if adapter is None else 0, adapter)
+    runner = training_runner(run)
     n = n_problems if n_problems is not None else (cfg.task.n_eval if split == "test" else cfg.task.n_train)
     if n < 1:
         raise UserError("--problems must be >= 1")
@@ -54,12 +55,12 @@ def generate(config_path, overrides, out, adapter, split, n_problems, skip_bad):
     start = time.perf_counter()
     new = []
     with click.progressbar(length=len(problems), label="problems", file=sys.stderr) as bar:
-        for batch in generate_to_file(run.runner, problems, out, cfg.rollout.group_size, cfg.rollout.problems_per_batch,
+        for batch in generate_to_file(runner, problems, out, cfg.rollout.group_size, cfg.rollout.problems_per_batch,
                                       seed=cfg.rollout.seed, progress=bar.update):
             new.extend(batch)
     seconds = time.perf_counter() - start
     ids = {p.id for p in problems}
-    summary = summarize([e for e in read_episodes(out) if e.problem_id in ids], effective_max_turns(cfg))
+    summary = summarize([e for e in read_episodes(out) if e.problem_id in ids], runner.max_turns)
     summary["new_episodes"] = len(new)
     summary["tokens_per_s"] = round(summarize(new, 1)["student_tokens"] / seconds, 1) if new else 0.0
     if getattr(run.task, "skipped", 0):

@@ -53,7 +53,7 @@ def _load(method, config_path, overrides, resume):
 def train(method, config_path, overrides, out, resume):
     """Train the LoRA adapter with SFT, RLVR or RL2F (GRPO); see rl2f/train/grpo.py."""
     from rl2f.train import train as run_train
-    from rl2f.train.distributed import init_distributed, shutdown
+    from rl2f.distributed import init_distributed, shutdown
 
     if resume and config_path:
         click.echo(f"note: --resume uses the config saved with the run; {config_path} is not read", err=True)

@@ -25,11 +25,14 @@ from typing import Callable
 
 import numpy as np
 
-from rl2f.config import RunConfig, to_dict
+from rl2f.config import RolloutSection, RunConfig, to_dict
+from rl2f.distributed import init_distributed
 from rl2f.episodes import Episode
 from rl2f.errors import UserError
 from rl2f.eval.metrics import (acc_at, bootstrap_indices, mean_ci, metrics_with_ci, pass_at_k_values,
                                problem_table)
+from rl2f.run import build_inference_run, episode_runner
+from rl2f.tasks import get_task
 from rl2f.tasks.base import Problem, Task
 
 SCHEMA = "rl2f.eval.report/1"
@@ -50,8 +53,6 @@ def resolve_problems(cfg: RunConfig, problems=None) -> list[tuple[Task, list[Pro
     Problems of the config's task; or {task: list of Problems} for several tasks, a task given
     as a Task or by name (the config's `task.options` apply to the task of the config's name,
     defaults to others)."""
-    from rl2f.tasks import get_task
-
     def task_named(name: str) -> Task:
         return get_task(name, **(cfg.task.options if name == cfg.task.name else {}))
 
@@ -76,12 +77,9 @@ def resolve_problems(cfg: RunConfig, problems=None) -> list[tuple[Task, list[Pro
     return sets
 
 
-def eval_config(cfg: RunConfig, max_turns: int, teacher: str) -> RunConfig:
-    """The run config the episode runner is built from: the rollout table with eval's turns,
-    temperature and seed, and the given teacher kind."""
-    rollout = dataclasses.replace(cfg.rollout, max_turns=max_turns, temperature=cfg.eval.temperature,
-                                  seed=cfg.eval.seed, teacher=teacher)
-    return dataclasses.replace(cfg, rollout=rollout)
+def eval_rollout(cfg: RunConfig) -> RolloutSection:
+    """The rollout table with eval's temperature and seed: how every evaluated student samples."""
+    return dataclasses.replace(cfg.rollout, temperature=cfg.eval.temperature, seed=cfg.eval.seed)
 
 
 def _batch_seed(seed: int, batch: int) -> int:
@@ -139,28 +137,13 @@ def evaluate_models(cfg: RunConfig, models: dict[str, str | None], problems=None
     S = cfg.eval.samples_per_problem
 
     # --- the base model, once
-    from rl2f.train.common import DTYPES, build_engine, build_runner, resolve_model_path
-    from rl2f.train.distributed import init_distributed
-
-    d = init_distributed(cfg.model.device)
-    path = resolve_model_path(cfg)
-    if tokenizer is None:
-        from rl2f.model import load_tokenizer
-
-        tokenizer = load_tokenizer(path)
-    if model is None and cfg.rollout.engine == "builtin":
-        from rl2f.model import load_model
-
-        model = load_model(path, dtype=DTYPES[cfg.model.dtype], device=d.device)
-    engine = build_engine(eval_config(cfg, T, "retry"), model, tokenizer, path, d)
+    run = build_inference_run(dataclasses.replace(cfg, rollout=eval_rollout(cfg)),
+                              init_distributed(cfg.model.device), model, tokenizer)
+    engine = run.engine
 
     def runner(task, kind: str):
         teacher = {"feedback": cfg.rollout.teacher, "retry": "retry", "pass": "retry", "self": "self"}[kind]
-        r = build_runner(eval_config(cfg, 1 if kind == "pass" else T, teacher), engine, tokenizer, task)
-        # build_runner reads the turn count off train.method (RLVR trains single-turn);
-        # evaluation always plays T turns, whatever the config was trained with.
-        r.max_turns = 1 if kind == "pass" else T
-        return r
+        return episode_runner(run, teacher, 1 if kind == "pass" else T, task=task)
 
     runners = {task.name: {k: runner(task, k) for k in PHASES} for task, _ in sets}
     kinds = {name: [k for k in PHASES if k != "self" or name in self_correct] for name in models}

@@ -53,7 +53,6 @@ class MicroBatch(NamedTuple):
     old_logprobs: torch.Tensor  # (N,) fp32 (zeros for SFT)
     teacher_pos: torch.Tensor  # (M, 2) teacher tokens (critique prediction)
     teacher_targets: torch.Tensor  # (M,)
-    n_tokens: int  # real (unpadded) tokens in the micro-batch
 
 
 def length_buckets(seqs: Sequence[TrainSequence], micro_batch: int) -> list[list[int]]:
@@ -94,7 +93,6 @@ def collate(seqs: Sequence[TrainSequence], pad_id: int, device, with_teacher: bo
         old_logprobs=torch.tensor(old, dtype=torch.float32).to(device),
         teacher_pos=torch.tensor(tpos, dtype=torch.long).reshape(-1, 2).to(device),
         teacher_targets=torch.tensor(ttgt, dtype=torch.long).to(device),
-        n_tokens=int(mask.sum()),
     )
 
 

@@ -25,7 +25,7 @@ import torch
 
 from rl2f.config import RunConfig, to_dict
 from rl2f.errors import UserError
-from rl2f.train.distributed import Dist, barrier, unsharded
+from rl2f.distributed import Dist, barrier, unsharded
 
 KEEP = 2
 

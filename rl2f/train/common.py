@@ -1,33 +1,34 @@
-"""What SFT and GRPO share: building the run from a RunConfig, the optimiser and schedule,
-the metrics file, timers, and the optimiser step with its non-finite guard.
+"""What SFT and GRPO share: starting (or resuming) a run, the optimiser and its schedule, the
+optimiser step with its non-finite guard, the step loop with its checkpoints and metrics
+file, per-rank sums reduced over ranks, timers and the progress bar.
 
-`build_run` loads the model (the embedded tiny checkpoint when `model.path` is empty), puts
-LoRA on it (fp32 adapter on a frozen base of `model.dtype`), optionally restores an
-adapter, shards it with FSDP2 under torchrun, and builds the engine, task, teacher and
-episode runner from the config's tables.
+The learning rate follows the run's progress, not only its step count: a GRPO run bounded
+by a generated-token budget (`train.max_student_tokens`) or an SFT run bounded by its
+epochs reaches the end of its cosine at the step it actually stops.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
-import os
 import random
 import resource
-import shutil
-import tempfile
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Callable
 
+import click
+import numpy as np
 import torch
 
-from rl2f.config import RunConfig
+from rl2f.config import RunConfig, TrainSection
+from rl2f.distributed import Dist, all_reduce_sum, init_distributed, loss_scale
 from rl2f.errors import UserError
-from rl2f.train.distributed import Dist, shard_model
-
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+from rl2f.lora import lora_parameters
+from rl2f.run import Run, build_run
+from rl2f.train.checkpoint import find_checkpoint, load_trainer_state, restore, save_checkpoint
 
 
 class NonFiniteError(UserError):
@@ -35,114 +36,7 @@ class NonFiniteError(UserError):
 
 
 # ----------------------------------------------------------------------------------------
-# Building the run
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("RL2F_CACHE", Path.home() / ".cache" / "rl2f"))
-
-
-def resolve_model_path(cfg: RunConfig) -> Path:
-    """`model.path`, or the embedded tiny checkpoint (written once to the cache, atomically)."""
-    if cfg.model.path:
-        path = Path(cfg.model.path).expanduser()
-        if not (path / "config.json").is_file():
-            raise UserError(f"model.path: {path} is not a checkpoint directory (no config.json)")
-        return path
-    from rl2f.model import build_tiny_checkpoint
-
-    path = cache_dir() / f"tiny-{cfg.model.tiny_family}-seed{cfg.model.tiny_seed}"
-    if (path / "config.json").is_file():
-        return path
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
-    build_tiny_checkpoint(tmp, family=cfg.model.tiny_family, seed=cfg.model.tiny_seed)
-    try:
-        os.rename(tmp, path)
-    except OSError:  # another rank or process won the race: theirs is the same checkpoint
-        shutil.rmtree(tmp, ignore_errors=True)
-    return path
-
-
-def student_sampling_params(cfg: RunConfig, seed: int | None = None):
-    from rl2f.engine.types import SamplingParams
-
-    r = cfg.rollout
-    return SamplingParams(n=1, temperature=r.temperature, top_p=r.top_p, top_k=r.top_k if r.top_k > 0 else -1,
-                          max_tokens=r.max_new_tokens, seed=r.seed if seed is None else seed)
-
-
-def effective_max_turns(cfg: RunConfig) -> int:
-    """RLVR is the same loop with single-turn episodes and no teacher."""
-    return 1 if cfg.train.method == "rlvr" else cfg.rollout.max_turns
-
-
-@dataclass
-class Run:
-    cfg: RunConfig
-    dist: Dist
-    model: torch.nn.Module
-    tokenizer: Any
-    model_path: Path
-    engine: Any = None
-    task: Any = None
-    runner: Any = None
-
-
-def build_run(cfg: RunConfig, d: Dist, adapter: str | Path | None = None, task=None,
-              with_engine: bool = True) -> Run:
-    """Model + LoRA (+ restored adapter) + FSDP2 + engine, task, teacher and episode runner."""
-    from rl2f.lora import apply_lora, load_adapter
-    from rl2f.model import load_model, load_tokenizer
-
-    path = resolve_model_path(cfg)
-    device = d.device
-    dtype = DTYPES[cfg.model.dtype]
-    model = load_model(path, dtype=dtype, device=device)
-    tokenizer = load_tokenizer(path)
-    lc = cfg.lora
-    apply_lora(model, rank=lc.rank, alpha=lc.alpha, targets=list(lc.targets), dropout=lc.dropout,
-               seed=cfg.train.seed, dtype=torch.float32)
-    if adapter is not None:
-        load_adapter(model, adapter)
-    model.train()
-    if device.type == "cuda":
-        # Activations dominate at 8k-token dialogues; recomputing each block is the usual trade.
-        model.model.gradient_checkpointing = True
-    if d.enabled:
-        shard_model(model)
-    run = Run(cfg, d, model, tokenizer, path)
-    if task is None and (with_engine or cfg.train.method != "sft"):
-        from rl2f.tasks import get_task
-
-        task = get_task(cfg.task.name, **cfg.task.options)
-    run.task = task
-    if with_engine:
-        run.engine = build_engine(cfg, model, tokenizer, path, d)
-        run.runner = build_runner(cfg, run.engine, tokenizer, task)
-    return run
-
-
-def build_engine(cfg: RunConfig, model, tokenizer, path: Path, d: Dist):
-    from rl2f.engine import make_engine
-
-    if cfg.rollout.engine == "builtin":
-        return make_engine("builtin", model=model, tokenizer=tokenizer)
-    # One vLLM engine per rank on its own GPU, beside the trainer: leave it half the memory.
-    # Under torchrun, vLLM joins the existing process group instead of starting its own
-    # (the "external_launcher" executor, as TRL's colocate mode does).
-    extra = {"distributed_executor_backend": "external_launcher"} if d.enabled else {}
-    return make_engine("vllm", model_path=str(path), tokenizer=tokenizer, max_lora_rank=max(cfg.lora.rank, 8),
-                       gpu_memory_utilization=0.45, seed=cfg.rollout.seed, enable_prefix_caching=True, **extra)
-
-
-def build_runner(cfg: RunConfig, engine, tokenizer, task):
-    from rl2f.episodes import EpisodeRunner
-    from rl2f.teacher import make_teacher
-
-    teacher_params = replace(student_sampling_params(cfg), max_tokens=cfg.rollout.teacher_max_new_tokens)
-    teacher = make_teacher(cfg.rollout.teacher, task, engine, tokenizer, teacher_params, cfg.rollout.leak_guard_tries)
-    return EpisodeRunner(task, engine, tokenizer, teacher, student_sampling_params(cfg), effective_max_turns(cfg))
+# Starting a run
 
 
 def start_run(cfg: RunConfig, out_dir: str | Path, resume, d: Dist | None, task, init_adapter,
@@ -151,9 +45,6 @@ def start_run(cfg: RunConfig, out_dir: str | Path, resume, d: Dist | None, task,
     read the checkpoint to resume (if any), seed, and build the run with the adapter to start
     from (the checkpoint's, else `init_adapter` / `train.init_adapter`, else a fresh LoRA).
     Returns (out_dir, d, checkpoint dir or None, trainer state or None, run)."""
-    from rl2f.train.checkpoint import find_checkpoint, load_trainer_state
-    from rl2f.train.distributed import init_distributed
-
     out_dir = Path(out_dir)
     d = d or init_distributed(cfg.model.device)
     ckpt = find_checkpoint(resume) if resume else None
@@ -175,8 +66,6 @@ def check_out_dir(out_dir: Path, resuming: bool) -> None:
 def seed_everything(seed: int) -> None:
     """Global RNGs (LoRA dropout, anything unseeded) from the config: a fresh run is
     reproducible; a resumed one restores the saved states instead."""
-    import numpy as np
-
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
@@ -209,14 +98,8 @@ class EpochStream:
 # Optimiser, schedule, step
 
 
-def lora_params(model) -> list[torch.nn.Parameter]:
-    from rl2f.lora import lora_parameters
-
-    return lora_parameters(model)
-
-
 def make_optimizer(cfg: RunConfig, model) -> torch.optim.Optimizer:
-    params = lora_params(model)
+    params = lora_parameters(model)
     if not params:
         raise UserError("no trainable LoRA parameters (check lora.targets)")
     # foreach=False: the same per-tensor arithmetic in one process and under FSDP (DTensors),
@@ -224,25 +107,19 @@ def make_optimizer(cfg: RunConfig, model) -> torch.optim.Optimizer:
     return torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay, foreach=False)
 
 
-def lr_factor(step: int, cfg: RunConfig) -> float:
-    """Linear warmup to lr, then cosine down to lr * min_lr_ratio at max_steps."""
-    t = cfg.train
-    if step < t.warmup_steps:
-        return (step + 1) / t.warmup_steps
-    span = max(t.max_steps - t.warmup_steps, 1)
-    progress = min((step - t.warmup_steps) / span, 1.0)
-    return t.min_lr_ratio + (1 - t.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
-
-
-def make_scheduler(cfg: RunConfig, optimizer):
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, cfg))
+def lr_factor(step: int, progress: float, t: TrainSection) -> float:
+    """Linear warmup over the first `warmup_steps` steps, times a cosine from 1 down to
+    `min_lr_ratio` as the run's progress (0 at the start, 1 at its last step) goes to 1."""
+    warmup = min((step + 1) / t.warmup_steps, 1.0) if t.warmup_steps else 1.0
+    cosine = 0.5 * (1 + math.cos(math.pi * min(max(progress, 0.0), 1.0)))
+    return warmup * (t.min_lr_ratio + (1 - t.min_lr_ratio) * cosine)
 
 
 def clip_and_check(model, cfg: RunConfig, loss_value: float, step: int, save_good) -> float:
     """Global grad norm (clipped to max_grad_norm). A non-finite loss or norm stops the run
     before the update is applied: `save_good()` writes the current (still good) state as a
     checkpoint, unless the newest checkpoint already is this state, and returns its path."""
-    params = [p for p in lora_params(model) if p.grad is not None]
+    params = [p for p in lora_parameters(model) if p.grad is not None]
     max_norm = cfg.train.max_grad_norm if cfg.train.max_grad_norm > 0 else float("inf")
     norm = torch.nn.utils.clip_grad_norm_(params, max_norm, foreach=False) if params else torch.zeros(())
     if hasattr(norm, "full_tensor"):
@@ -257,6 +134,143 @@ def clip_and_check(model, cfg: RunConfig, loss_value: float, step: int, save_goo
                              f"the update was not applied, the run stopped, and the last good checkpoint "
                              f"is {kept}. Lower train.lr or check the data.")
     return norm
+
+
+def _old_lr_factor(step, t):
+    if step < t.warmup_steps:
+        return (step + 1) / t.warmup_steps
+    span = max(t.max_steps - t.warmup_steps, 1)
+    progress = min((step - t.warmup_steps) / span, 1.0)
+    return t.min_lr_ratio + (1 - t.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+# ----------------------------------------------------------------------------------------
+# Per-rank sums
+
+
+@dataclass
+class Sums:
+    """Base for a step's per-rank sums (every field a float or a list of floats): added
+    chunk by chunk with `+=`, then summed over ranks with `all_reduce`."""
+
+    def __iadd__(self, other):
+        for f in dataclasses.fields(self):
+            a, b = getattr(self, f.name), getattr(other, f.name)
+            setattr(self, f.name, [x + y for x, y in zip(a, b)] if isinstance(a, list) else a + b)
+        return self
+
+    def all_reduce(self, d: Dist):
+        values = [getattr(self, f.name) for f in dataclasses.fields(self)]
+        flat = all_reduce_sum([x for v in values for x in (v if isinstance(v, list) else [v])], d)
+        out, i = [], 0
+        for v in values:
+            n = len(v) if isinstance(v, list) else 1
+            out.append(flat[i : i + n] if isinstance(v, list) else flat[i])
+            i += n
+        return type(self)(*out)
+
+
+# ----------------------------------------------------------------------------------------
+# The step loop
+
+
+@dataclass
+class Loop:
+    """The state every training loop carries from step to step, and the skeleton around its
+    step body: the learning rate, the optimiser step, checkpoints, metrics, the progress bar."""
+
+    cfg: RunConfig
+    out_dir: Path
+    run: Run
+    optimizer: torch.optim.Optimizer
+    metrics: "Metrics"
+    timer: "Timer"
+    scale: float  # multiplies each micro-batch loss before backward (undoes FSDP's average)
+    step: int = 0  # optimiser steps taken (= the adapter version)
+    position: int = 0  # data items consumed
+    totals: dict = field(default_factory=dict)  # running totals kept in checkpoints
+    last_checkpoint: str | None = None
+
+    @classmethod
+    def start(cls, cfg: RunConfig, out_dir, resume, d: Dist | None, task, init_adapter, with_engine=True,
+              totals: dict | None = None) -> "Loop":
+        out_dir, d, ckpt, state, run = start_run(cfg, out_dir, resume, d, task, init_adapter, with_engine)
+        optimizer = make_optimizer(cfg, run.model)
+        loop = cls(cfg, out_dir, run, optimizer, Metrics(out_dir / "metrics.jsonl", d.is_main,
+                                                         resume_step=state["step"] if state else None),
+                   Timer(d.device), loss_scale(d, run.model), totals=dict(totals or {}))
+        if state is not None:
+            restore(ckpt, state, d, run.model, optimizer, _NoSchedule())
+            loop.step, loop.position = state["step"], state["data_position"]
+            loop.totals.update(state.get("extra", {}))
+            loop.last_checkpoint = str(ckpt)
+        return loop
+
+    @property
+    def dist(self) -> Dist:
+        return self.run.dist
+
+    def optimizer_step(self, loss_value: float, progress: float, apply: bool = True) -> tuple[float, float]:
+        """Set this step's learning rate from the run's progress after it, clip, check, step.
+        `apply=False` (no group carried signal) skips the update. Returns (lr, grad norm)."""
+        lr = self.cfg.train.lr * _old_lr_factor(self.step, self.cfg.train)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        grad_norm = 0.0
+        with self.timer("optim"):
+            if apply:
+                grad_norm = clip_and_check(self.run.model, self.cfg, loss_value, self.step, self.save_good)
+                self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        return lr, grad_norm
+
+    def save(self) -> str:
+        self.last_checkpoint = str(save_checkpoint(self.out_dir, self.dist, self.run.model, self.optimizer,
+                                                   _NoSchedule(), self.cfg, self.step, self.position,
+                                                   extra=self.totals))
+        return self.last_checkpoint
+
+    def save_good(self) -> str:
+        """The current (still good) state as a checkpoint, unless the newest one already is it."""
+        if self.last_checkpoint is None or not self.last_checkpoint.endswith(f"step-{self.step:06d}"):
+            return self.save()
+        return self.last_checkpoint
+
+    def run_steps(self, total_steps: int, step: Callable[[], dict], summary: Callable[[dict], str],
+                  done: Callable[[], bool] = lambda: False) -> dict:
+        """Call `step()` (one optimiser step; returns its metrics) until `total_steps` steps or
+        `done()`; checkpoint every `save_every` steps and at the end; one metrics row per step.
+        Returns the last row."""
+        record: dict = {}
+        with progress_bar(total_steps, self.step, self.dist.is_main) as bar:
+            while self.step < total_steps and not done():
+                t0 = time.perf_counter()
+                record = step()
+                seconds = time.perf_counter() - t0
+                record = {"step": self.step, **record, "tokens_per_s": record["tokens"] / seconds,
+                          "peak_mem_mb": peak_memory_mb(self.dist.device), "adapter_version": self.step,
+                          **self.totals, **{f"{k}_s": v for k, v in self.timer.reset().items()}}
+                final = self.step == total_steps or done()
+                save_every = self.cfg.train.save_every
+                if final or (save_every and self.step % save_every == 0):
+                    self.save()
+                if final:
+                    record["checkpoint"] = self.last_checkpoint
+                self.metrics.write(record)
+                bar.update(1, summary(record))
+        return record
+
+
+class _NoSchedule:
+    """The learning rate is set from the loop's state each step (`Loop.optimizer_step`), so
+    the schedule has no state of its own to checkpoint."""
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
 
 
 # ----------------------------------------------------------------------------------------
@@ -319,22 +333,18 @@ def peak_memory_mb(device: torch.device, reset: bool = True) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
+@contextmanager
 def progress_bar(total: int, start: int, enabled: bool):
     """A click progress bar over steps (rank 0), or a stand-in that does nothing."""
     if not enabled:
-        return _NoBar()
-    import click
-
-    bar = click.progressbar(length=total, label="train", show_pos=True, show_eta=True,
-                            item_show_func=lambda s: s)
-    bar.__enter__()
-    bar.update(start)
-    return bar
+        yield _NoBar()
+        return
+    with click.progressbar(length=total, label="train", show_pos=True, show_eta=True,
+                           item_show_func=lambda s: s) as bar:
+        bar.update(start)
+        yield bar
 
 
 class _NoBar:
     def update(self, n, current_item=None):
-        pass
-
-    def __exit__(self, *a):
         pass

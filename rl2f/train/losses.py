@@ -33,6 +33,7 @@ from typing import NamedTuple, Sequence
 
 import torch
 
+from rl2f.kernels import grpo_token_loss
 from rl2f.roles import Role
 
 
@@ -110,35 +111,25 @@ class PolicyLoss(NamedTuple):
 
 
 def grpo_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, ref_logprobs: torch.Tensor | None,
-              advantages: torch.Tensor, mask: torch.Tensor, n_tokens_global: float, clip_low: float,
-              clip_high: float, beta: float) -> PolicyLoss:
-    """Clipped GRPO objective (+ beta * k3 KL) summed over this micro-batch's loss tokens and
-    divided by the global loss-token count of the step.
+              advantages: torch.Tensor, n_tokens_global: float, clip_low: float, clip_high: float,
+              beta: float) -> PolicyLoss:
+    """Clipped GRPO objective (+ beta * k3 KL) summed over this micro-batch's loss tokens (every
+    position given is one) and divided by the global loss-token count of the step.
 
     Per token (ratio rho = exp(logp - old)):  -min(rho A, clip(rho, 1 - lo, 1 + hi) A)
     + beta (exp(ref - logp) - (ref - logp) - 1). Bounded below by -(1 + hi) max A per
     token, so the mean over tokens cannot run away the way a sum of log-probs can."""
-    from rl2f.kernels import grpo_token_loss
-
     zero = torch.zeros((), dtype=torch.float32, device=logprobs.device)
-    if logprobs.numel() == 0:
+    n = logprobs.numel()
+    if n == 0:
         return PolicyLoss(logprobs.sum() * 0.0, zero, zero, zero)
-    mask_f = mask.to(torch.float32)  # (N,)
-    out = grpo_token_loss(logprobs, old_logprobs, ref_logprobs, advantages, mask_f, clip_low, clip_high,
+    mask = torch.ones_like(logprobs, dtype=torch.float32)  # (N,)
+    out = grpo_token_loss(logprobs, old_logprobs, ref_logprobs, advantages, mask, clip_low, clip_high,
                           beta if ref_logprobs is not None else 0.0)
-    per_token = out.loss  # (N,) zero where masked
-    with torch.no_grad():
-        lp = logprobs.detach()
-        ratio = torch.exp(lp - old_logprobs)  # (N,)
-        clipped = ((ratio > 1 + clip_high) & (advantages > 0)) | ((ratio < 1 - clip_low) & (advantages < 0))
-        clipped_n = (clipped.float() * mask_f).sum()
-        if ref_logprobs is not None:
-            d = ref_logprobs - lp
-            kl_sum = ((torch.exp(d) - d - 1) * mask_f).sum()
-        else:
-            kl_sum = zero
+    # The kernel's clip fraction and KL are means over the (all masked-in) tokens: sums are n x.
+    kl_sum = out.kl_mean * n if ref_logprobs is not None else zero
     denom = max(float(n_tokens_global), 1.0)
-    return PolicyLoss(per_token.sum() / denom, per_token.detach().sum(), clipped_n, kl_sum)
+    return PolicyLoss(out.loss.sum() / denom, out.loss.detach().sum(), out.clip_fraction * n, kl_sum)
 
 
 def nll_loss(logprobs: torch.Tensor, n_tokens_global: float, weight: float = 1.0) -> torch.Tensor:

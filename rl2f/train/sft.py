@@ -33,19 +33,19 @@ from __future__ import annotations
 import json
 import math
 import os
-import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from rl2f.config import RunConfig
+from rl2f.distributed import Dist, unsharded
+from rl2f.episodes import Episode
 from rl2f.errors import UserError
 from rl2f.roles import Role
+from rl2f.run import training_runner
 from rl2f.train.batch import TrainSequence, collate, forward_hidden, gather_logprobs, length_buckets
-from rl2f.train.checkpoint import restore, save_checkpoint
-from rl2f.train.common import (EpochStream, Metrics, Timer, start_run, clip_and_check, make_optimizer,
-                               make_scheduler, peak_memory_mb, progress_bar, train_problems)
-from rl2f.train.distributed import Dist, all_reduce_sum, loss_scale, unsharded
+from rl2f.train.common import EpochStream, Loop, Sums, train_problems
 from rl2f.train.losses import nll_loss
 
 
@@ -77,8 +77,6 @@ def episode_sequence(ep) -> TrainSequence:
 
 def read_sft_file(path: str | Path, tokenizer) -> list[TrainSequence]:
     """Episode records (solved ones) or chats from a JSONL file; a bad line names file and line."""
-    from rl2f.episodes import Episode
-
     path = Path(path)
     if not path.is_file():
         raise UserError(f"train.sft_data: {path} not found")
@@ -115,17 +113,16 @@ def generated_sequences(cfg: RunConfig, run, out_dir: Path | None = None) -> lis
     """Dialogues played in process by the model and the task's teacher; the solved ones. They
     are kept in OUT/sft-dialogues.jsonl, which a resumed run reads back instead of replaying
     them with its already trained adapter."""
-    from rl2f.episodes import Episode
-
     saved = out_dir / "sft-dialogues.jsonl" if out_dir is not None else None
     if saved is not None and saved.is_file():
         return [episode_sequence(Episode.from_dict(json.loads(l))) for l in saved.read_text().splitlines() if l]
     problems = train_problems(cfg, run.task)
+    runner = training_runner(run)
     episodes = []
     with unsharded(run.model):
         for b in range(0, len(problems), cfg.rollout.problems_per_batch):
             chunk = problems[b : b + cfg.rollout.problems_per_batch]
-            episodes += run.runner.run(chunk, cfg.rollout.group_size, seed=cfg.rollout.seed + b, adapter_version=0)
+            episodes += runner.run(chunk, cfg.rollout.group_size, seed=cfg.rollout.seed + b, adapter_version=0)
     solved = [e for e in episodes if e.solved_at is not None]
     if not solved:
         raise UserError(f"train.sft_data is empty and the model solved none of {len(episodes)} generated "
@@ -176,87 +173,50 @@ def evaluate_loss(model, seqs: list[TrainSequence], micro_batch: int, pad_id: in
 # The loop
 
 
+@dataclass
+class NLLSums(Sums):
+    student: float = 0.0  # sum of -log p over student tokens
+    teacher: float = 0.0  # sum of -log p over teacher tokens (critique prediction)
+
+
 def train_sft(cfg: RunConfig, out_dir: str | Path, resume: str | Path | None = None,
               eval_seqs: list[TrainSequence] | None = None, d: Dist | None = None, task=None,
               init_adapter: str | Path | None = None) -> dict:
     """Run SFT; returns the last step's metrics. See the module docstring."""
     t = cfg.train
-    out_dir, d, ckpt, state, run = start_run(cfg, out_dir, resume, d, task, init_adapter, with_engine=not t.sft_data)
-    model, tok = run.model, run.tokenizer
-    seqs = read_sft_file(t.sft_data, tok) if t.sft_data else generated_sequences(cfg, run, out_dir)
-    optimizer = make_optimizer(cfg, model)
-    scheduler = make_scheduler(cfg, optimizer)
-    step, position = 0, 0
-    if state is not None:
-        restore(ckpt, state, d, model, optimizer, scheduler)
-        step, position = state["step"], state["data_position"]
-    last_ckpt = str(ckpt) if ckpt else None
-
+    loop = Loop.start(cfg, out_dir, resume, d, task, init_adapter, with_engine=not t.sft_data)
+    run, d, tok = loop.run, loop.dist, loop.run.tokenizer
+    seqs = read_sft_file(t.sft_data, tok) if t.sft_data else generated_sequences(cfg, run, loop.out_dir)
     global_batch = t.micro_batch * t.grad_accum * d.world_size
     total_steps = min(t.max_steps, math.ceil(t.sft_epochs * len(seqs) / global_batch))
     stream = EpochStream(len(seqs), t.seed)
-    metrics = Metrics(out_dir / "metrics.jsonl", d.is_main, resume_step=step if state else None)
-    timer = Timer(d.device)
-    scale = loss_scale(d, model)
-    bar = progress_bar(total_steps, step, d.is_main)
-    record: dict = {}
 
-    def save_good() -> str:
-        if last_ckpt is None or not last_ckpt.endswith(f"step-{step:06d}"):
-            return str(save_checkpoint(out_dir, d, model, optimizer, scheduler, cfg, step, position))
-        return last_ckpt
+    def step() -> dict:
+        # --- this step's batch: global, length-bucketed; micro-batch j runs on rank j % W
+        batch = [seqs[stream[loop.position + i]] for i in range(global_batch)]
+        buckets = length_buckets(batch, t.micro_batch)
+        n_student = sum(s.n_loss for s in batch)
+        n_teacher = sum(s.n_teacher for s in batch)
+        # --- forward / backward, the loss normalised by the step's global token counts
+        sums = NLLSums()
+        for bucket in buckets[d.rank :: d.world_size]:
+            with loop.timer("logprob"):
+                mb = collate([batch[i] for i in bucket], tok.pad_id, d.device)
+                loss, s_sum, t_sum = micro_loss(run.model, mb, n_student, n_teacher, t.critique_weight)
+            with loop.timer("backward"):
+                (loss * loop.scale).backward()
+            sums += NLLSums(float(s_sum), float(t_sum))
+        sums = sums.all_reduce(d)
+        loss_value = sums.student / max(n_student, 1) + t.critique_weight * sums.teacher / max(n_teacher, 1)
+        # --- optimiser step (refused on a non-finite loss or gradient)
+        lr, grad_norm = loop.optimizer_step(loss_value, loop.step / total_steps)
+        loop.position += global_batch
+        record = {"loss": loss_value, "student_nll": sums.student / max(n_student, 1),
+                  "teacher_nll": sums.teacher / max(n_teacher, 1) if t.critique_weight > 0 else None,
+                  "lr": lr, "grad_norm": grad_norm, "tokens": sum(len(s) for s in batch),
+                  "loss_tokens": n_student, "epoch": loop.position / len(seqs)}
+        if loop.step == total_steps and eval_seqs:
+            record["eval_loss"] = evaluate_loss(run.model, eval_seqs, t.micro_batch, tok.pad_id, d.device)
+        return record
 
-    try:
-        while step < total_steps:
-            t0 = time.perf_counter()
-            # --- this step's batch: global, length-bucketed; micro-batch j runs on rank j % W
-            batch = [seqs[stream[position + i]] for i in range(global_batch)]
-            buckets = length_buckets(batch, t.micro_batch)
-            n_student = sum(s.n_loss for s in batch)
-            n_teacher = sum(s.n_teacher for s in batch)
-            mine = [b for j, b in enumerate(buckets) if j % d.world_size == d.rank]
-
-            # --- forward / backward, the loss normalised by the step's global token counts
-            sums = [0.0, 0.0]
-            for bucket in mine:
-                with timer("logprob"):
-                    mb = collate([batch[i] for i in bucket], tok.pad_id, d.device)
-                    loss, s_sum, t_sum = micro_loss(model, mb, n_student, n_teacher, t.critique_weight)
-                with timer("backward"):
-                    (loss * scale).backward()
-                sums[0] += float(s_sum)
-                sums[1] += float(t_sum)
-            s_sum, t_sum = all_reduce_sum(sums, d)
-            loss_value = s_sum / max(n_student, 1) + t.critique_weight * t_sum / max(n_teacher, 1)
-
-            # --- optimiser step (refused on a non-finite loss or gradient)
-            with timer("optim"):
-                grad_norm = clip_and_check(model, cfg, loss_value, step, save_good)
-                lr = optimizer.param_groups[0]["lr"]
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-            step += 1
-            position += global_batch
-
-            # --- metrics and checkpoints
-            seconds = time.perf_counter() - t0
-            n_tok = sum(len(s) for s in batch)
-            record = {"step": step, "loss": loss_value, "student_nll": s_sum / max(n_student, 1),
-                      "teacher_nll": t_sum / max(n_teacher, 1) if t.critique_weight > 0 else None,
-                      "lr": lr, "grad_norm": grad_norm, "tokens": n_tok, "loss_tokens": n_student,
-                      "tokens_per_s": n_tok / seconds, "peak_mem_mb": peak_memory_mb(d.device),
-                      "adapter_version": step, "epoch": position / len(seqs),
-                      **{f"{k}_s": v for k, v in timer.reset().items()}}
-            final = step == total_steps
-            if final and eval_seqs:
-                record["eval_loss"] = evaluate_loss(model, eval_seqs, t.micro_batch, tok.pad_id, d.device)
-            if final or (t.save_every and step % t.save_every == 0):
-                last_ckpt = str(save_checkpoint(out_dir, d, model, optimizer, scheduler, cfg, step, position))
-            if final:
-                record["checkpoint"] = last_ckpt
-            metrics.write(record)
-            bar.update(1, f"loss {loss_value:.4f}")
-    finally:
-        bar.__exit__(None, None, None)
-    return record
+    return loop.run_steps(total_steps, step, summary=lambda r: f"loss {r['loss']:.4f}")

@@ -63,7 +63,7 @@ def setup(tmp_path_factory):
     mp.setenv("RL2F_CACHE", str(root / "cache"))
     from rl2f.lora import apply_lora, remove_lora, save_adapter
     from rl2f.model import load_model
-    from rl2f.train.common import resolve_model_path
+    from rl2f.run import resolve_model_path
 
     cfg = load_config(RunConfig, None, OVERRIDES)
     model = load_model(resolve_model_path(cfg))

@@ -12,7 +12,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from train_toys import OneSecretTask, equivalence_configs  # noqa: E402
 
-from rl2f.train.distributed import init_distributed, shutdown  # noqa: E402
+from rl2f.distributed import init_distributed, shutdown  # noqa: E402
 from rl2f.train.grpo import train_grpo  # noqa: E402
 from rl2f.train.sft import train_sft  # noqa: E402
 

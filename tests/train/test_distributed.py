@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 
 from train_toys import OneSecretTask, equivalence_configs
 
-from rl2f.train.distributed import Dist
+from rl2f.distributed import Dist
 from rl2f.train.grpo import train_grpo
 from rl2f.train.sft import train_sft
 

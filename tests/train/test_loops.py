@@ -35,8 +35,8 @@ def test_sft_lowers_held_out_loss(tmp_path, tiny_ckpt, chat_files):
     """SFT on tutoring dialogues of the train split lowers the student-token loss on held-out
     dialogues (test-split secrets) well below the base model's."""
     from rl2f.model import load_tokenizer
-    from rl2f.train.common import build_run
-    from rl2f.train.distributed import Dist
+    from rl2f.run import build_run
+    from rl2f.distributed import Dist
     from rl2f.train.sft import evaluate_loss, read_sft_file
 
     cfg = tiny_config(tiny_ckpt, 'train.method="sft"', f'train.sft_data="{chat_files["train"]}"',
@@ -103,16 +103,16 @@ def test_adapter_hand_off_no_stale_episodes(tmp_path, tiny_ckpt, warm_start, mon
     """After each optimiser step the new version reaches the engine before the next rollout:
     every student generate call runs on exactly the weights handed off for the engine's
     version, and versions advance 0, 1, 2."""
-    import rl2f.train.common as common
+    import rl2f.run as run_module
 
     spies = []
-    real = common.build_engine
+    real = run_module.build_engine
 
     def build(cfg, model, *a, **k):
         spies.append(SpyEngine(real(cfg, model, *a, **k), model))
         return spies[-1]
 
-    monkeypatch.setattr(common, "build_engine", build)
+    monkeypatch.setattr(run_module, "build_engine", build)
     cfg = tiny_config(tiny_ckpt, 'train.method="rl2f"', "train.max_steps=3")
     train_grpo(cfg, tmp_path / "ok", task=OneSecretTask(), init_adapter=warm_start)
     spy = spies[-1]
@@ -128,8 +128,8 @@ def test_vllm_hand_off_writes_a_peft_adapter_per_version(tmp_path, tiny_ckpt):
     loaded under a new version number; the directory holds the trainer's current weights."""
     from rl2f.lora import load_adapter, lora_state_dict
     from rl2f.model import load_model
-    from rl2f.train.common import build_run
-    from rl2f.train.distributed import Dist
+    from rl2f.run import build_run
+    from rl2f.distributed import Dist
     from rl2f.train.grpo import hand_off
 
     class DiskEngine:
@@ -221,8 +221,8 @@ def test_critique_term_against_full_logits(tiny_ckpt, chat_files):
     """SFT's loss = mean NLL of student tokens + w * mean NLL of teacher tokens, each token
     predicted from the previous position, matching a log-softmax over the model's full logits."""
     from rl2f.train.batch import collate
-    from rl2f.train.common import build_run
-    from rl2f.train.distributed import Dist
+    from rl2f.run import build_run
+    from rl2f.distributed import Dist
     from rl2f.train.sft import micro_loss, read_sft_file
 
     cfg = tiny_config(tiny_ckpt)

@@ -60,7 +60,7 @@ def test_token_targets_mask_teacher_and_template_tokens():
 def _policy(lp, old, adv, n, ref=None, beta=0.0):
     lp = torch.tensor(lp, requires_grad=True)
     out = grpo_loss(lp, torch.tensor(old), None if ref is None else torch.tensor(ref), torch.tensor(adv),
-                    torch.ones(len(adv), dtype=torch.bool), n, 0.2, 0.28, beta)
+                    n, 0.2, 0.28, beta)
     out.loss.backward()
     return out._replace(loss=out.loss.detach()), lp.grad
 
@@ -124,16 +124,15 @@ def test_episode_sequences_end_to_end():
     student tokens only, teacher tokens listed for critique, zero-variance groups dropped and
     counted, old log-probs = sampling log-probs, log-prob positions shifted by one."""
     from rl2f.config import RunConfig
-    from rl2f.train.grpo import episode_sequences, stat_names
+    from rl2f.train.grpo import episode_sequences
 
     cfg = RunConfig()
     cfg.train.gamma = 0.5
     eps = [_episode("p", [0, 1], 0), _episode("p", [1], 1), _episode("p", [0, 0], 2),
            _episode("q", [0, 0], 0), _episode("q", [0, 0], 1)]
-    seqs, stats = episode_sequences(eps, cfg)
-    stats = dict(zip(stat_names(cfg.rollout.max_turns), stats))
-    assert stats["groups"] == 2 and stats["zero_var_groups"] == 1 and stats["episodes"] == 5
-    assert stats["solved_by_1"] == 1 and stats["solved_by_2"] == 2 and stats["reward_sum"] == 2
+    seqs, stats = episode_sequences(eps, cfg, cfg.rollout.max_turns)
+    assert stats.groups == 2 and stats.zero_var_groups == 1 and stats.episodes == 5
+    assert stats.solved_by[:2] == [1, 2] and stats.reward_sum == 2
     assert len(seqs) == 3  # group q carries no loss and is not sent through the model
     s0 = seqs[0]
     assert s0.advantages == pytest.approx([0, 0, 0, 0, 0, 0, 0, 1 / math.sqrt(2), 1 / math.sqrt(2)])

@@ -133,22 +133,6 @@ def all_reduce_max(value: int, d: Dist) -> int:
     return int(t.item())
 
 
-def all_gather_objects(obj, d: Dist) -> list:
-    if not d.enabled:
-        return [obj]
-    out = [None] * d.world_size
-    dist.all_gather_object(out, obj)
-    return out
-
-
 def barrier(d: Dist) -> None:
     if d.enabled:
         dist.barrier()
-
-
-def broadcast_object(obj, d: Dist):
-    if not d.enabled:
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]

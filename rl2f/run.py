@@ -1,0 +1,141 @@
+"""One assembly room: a typed `Run` built from a `RunConfig`, used by training, evaluation,
+generation, self-correction and the demo alike.
+
+`build_run` loads the model (the embedded tiny checkpoint when `model.path` is empty), puts
+LoRA on it (an fp32 adapter on a frozen base of `model.dtype`), optionally restores an
+adapter, shards it with FSDP2 under torchrun, and builds the task and the rollout engine.
+`episode_runner` builds an episode runner for one use: its teacher kind, its number of
+turns and its sampling are passed in explicitly, never patched afterwards.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from rl2f.config import RolloutSection, RunConfig
+from rl2f.distributed import Dist, shard_model
+from rl2f.engine import make_engine
+from rl2f.engine.types import Engine, SamplingParams
+from rl2f.episodes import EpisodeRunner
+from rl2f.errors import UserError
+from rl2f.lora import apply_lora, load_adapter
+from rl2f.model import CausalLM, build_tiny_checkpoint, load_model
+from rl2f.model.tokenizer import Tokenizer, load_tokenizer
+from rl2f.tasks import get_task
+from rl2f.tasks.base import Task
+from rl2f.teacher import make_teacher
+
+
+@dataclass
+class Run:
+    cfg: RunConfig
+    dist: Dist
+    model: CausalLM | None  # None only for inference through vLLM, which holds its own copy
+    tokenizer: Tokenizer
+    model_path: Path
+    task: Task | None = None
+    engine: Engine | None = None
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("RL2F_CACHE", Path.home() / ".cache" / "rl2f"))
+
+
+def resolve_model_path(cfg: RunConfig) -> Path:
+    """`model.path`, or the embedded tiny checkpoint (written once to the cache, atomically)."""
+    if cfg.model.path:
+        path = Path(cfg.model.path).expanduser()
+        if not (path / "config.json").is_file():
+            raise UserError(f"model.path: {path} is not a checkpoint directory (no config.json)")
+        return path
+    path = cache_dir() / f"tiny-{cfg.model.tiny_family}-seed{cfg.model.tiny_seed}"
+    if (path / "config.json").is_file():
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    build_tiny_checkpoint(tmp, family=cfg.model.tiny_family, seed=cfg.model.tiny_seed)
+    try:
+        os.rename(tmp, path)
+    except OSError:  # another rank or process won the race: theirs is the same checkpoint
+        shutil.rmtree(tmp, ignore_errors=True)
+    return path
+
+
+def build_run(cfg: RunConfig, d: Dist, adapter: str | Path | None = None, task: Task | None = None,
+              with_engine: bool = True, lora: bool = True) -> Run:
+    """Model (+ LoRA, + restored adapter) + FSDP2 + task + engine.
+
+    lora=False loads the bare base (evaluation puts each evaluated adapter on it in turn);
+    with_engine=False skips the engine (SFT on a file of dialogues needs none)."""
+    path = resolve_model_path(cfg)
+    model = load_model(path, dtype=cfg.model.dtype, device=d.device)
+    tokenizer = load_tokenizer(path)
+    if lora:
+        lc = cfg.lora
+        apply_lora(model, rank=lc.rank, alpha=lc.alpha, targets=list(lc.targets), dropout=lc.dropout,
+                   seed=cfg.train.seed, dtype=torch.float32)
+    if adapter is not None:
+        load_adapter(model, adapter)
+    model.train()
+    if d.device.type == "cuda":
+        # Activations dominate at 8k-token dialogues; recomputing each block is the usual trade.
+        model.model.gradient_checkpointing = True
+    if d.enabled:
+        shard_model(model)
+    if task is None and (with_engine or cfg.train.method != "sft"):
+        task = get_task(cfg.task.name, **cfg.task.options)
+    engine = build_engine(cfg, model, tokenizer, path, d) if with_engine else None
+    return Run(cfg, d, model, tokenizer, path, task, engine)
+
+
+def build_inference_run(cfg: RunConfig, d: Dist, model: CausalLM | None = None,
+                        tokenizer: Tokenizer | None = None) -> Run:
+    """The base model for evaluation and generation, with no LoRA of its own: each adapter is
+    loaded into it by `engine.set_adapter` (built-in engine) or handed to vLLM as a directory
+    (then the base is not loaded here at all). `model` / `tokenizer` reuse loaded ones."""
+    path = resolve_model_path(cfg)
+    tokenizer = tokenizer or load_tokenizer(path)
+    if model is None and cfg.rollout.engine == "builtin":
+        model = load_model(path, dtype=cfg.model.dtype, device=d.device)
+    task = get_task(cfg.task.name, **cfg.task.options)
+    return Run(cfg, d, model, tokenizer, path, task, build_engine(cfg, model, tokenizer, path, d))
+
+
+def build_engine(cfg: RunConfig, model, tokenizer, path: Path, d: Dist) -> Engine:
+    if cfg.rollout.engine == "builtin":
+        return make_engine("builtin", model=model, tokenizer=tokenizer)
+    # One vLLM engine per rank on its own GPU, beside the trainer: leave it half the memory.
+    # Under torchrun, vLLM joins the existing process group instead of starting its own
+    # (the "external_launcher" executor, as TRL's colocate mode does).
+    extra = {"distributed_executor_backend": "external_launcher"} if d.enabled else {}
+    return make_engine("vllm", model_path=str(path), tokenizer=tokenizer, max_lora_rank=max(cfg.lora.rank, 8),
+                       gpu_memory_utilization=0.45, seed=cfg.rollout.seed, enable_prefix_caching=True, **extra)
+
+
+def student_sampling(rollout: RolloutSection) -> SamplingParams:
+    return SamplingParams(n=1, temperature=rollout.temperature, top_p=rollout.top_p, top_k=rollout.top_k,
+                          max_tokens=rollout.max_new_tokens, seed=rollout.seed)
+
+
+def episode_runner(run: Run, teacher: str, max_turns: int, rollout: RolloutSection | None = None,
+                   task: Task | None = None) -> EpisodeRunner:
+    """An episode runner on the run's engine: `teacher` kind, up to `max_turns` attempts, the
+    student sampled as `rollout` says (default: the config's rollout table)."""
+    rollout = rollout or run.cfg.rollout
+    task = task or run.task
+    student = student_sampling(rollout)
+    teacher_params = dataclasses.replace(student, max_tokens=rollout.teacher_max_new_tokens)
+    feedback = make_teacher(teacher, task, run.engine, run.tokenizer, teacher_params, rollout.leak_guard_tries)
+    return EpisodeRunner(task, run.engine, run.tokenizer, feedback, student, max_turns)
+
+
+def training_runner(run: Run) -> EpisodeRunner:
+    """RLVR is the same loop with single-turn episodes and no teacher."""
+    max_turns = 1 if run.cfg.train.method == "rlvr" else run.cfg.rollout.max_turns
+    return episode_runner(run, run.cfg.rollout.teacher, max_turns)
