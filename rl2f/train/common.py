@@ -136,14 +136,6 @@ def clip_and_check(model, cfg: RunConfig, loss_value: float, step: int, save_goo
     return norm
 
 
-def _old_lr_factor(step, t):
-    if step < t.warmup_steps:
-        return (step + 1) / t.warmup_steps
-    span = max(t.max_steps - t.warmup_steps, 1)
-    progress = min((step - t.warmup_steps) / span, 1.0)
-    return t.min_lr_ratio + (1 - t.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
-
-
 # ----------------------------------------------------------------------------------------
 # Per-rank sums
 
@@ -213,7 +205,7 @@ class Loop:
     def optimizer_step(self, loss_value: float, progress: float, apply: bool = True) -> tuple[float, float]:
         """Set this step's learning rate from the run's progress after it, clip, check, step.
         `apply=False` (no group carried signal) skips the update. Returns (lr, grad norm)."""
-        lr = self.cfg.train.lr * _old_lr_factor(self.step, self.cfg.train)
+        lr = self.cfg.train.lr * lr_factor(self.step, progress, self.cfg.train)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         grad_norm = 0.0

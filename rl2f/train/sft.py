@@ -209,7 +209,7 @@ def train_sft(cfg: RunConfig, out_dir: str | Path, resume: str | Path | None = N
         sums = sums.all_reduce(d)
         loss_value = sums.student / max(n_student, 1) + t.critique_weight * sums.teacher / max(n_teacher, 1)
         # --- optimiser step (refused on a non-finite loss or gradient)
-        lr, grad_norm = loop.optimizer_step(loss_value, loop.step / total_steps)
+        lr, grad_norm = loop.optimizer_step(loss_value, (loop.step + 1) / total_steps)
         loop.position += global_batch
         record = {"loss": loss_value, "student_nll": sums.student / max(n_student, 1),
                   "teacher_nll": sums.teacher / max(n_teacher, 1) if t.critique_weight > 0 else None,
