@@ -56,7 +56,7 @@ def generate(config_path, overrides, out, adapter, split, n_problems, skip_bad):
     new = []
     with click.progressbar(length=len(problems), label="problems", file=sys.stderr) as bar:
         for batch in generate_to_file(runner, problems, out, cfg.rollout.group_size, cfg.rollout.problems_per_batch,
-                                      seed=cfg.rollout.seed, progress=bar.update):
+                                      progress=bar.update):
             new.extend(batch)
     seconds = time.perf_counter() - start
     ids = {p.id for p in problems}

@@ -154,9 +154,12 @@ class EpisodeRunner:
         return messages
 
     def _params(self, seed: int, ep: Episode, turn: int, n: int = 1):
-        """Each request samples from its own stream, keyed by (seed, problem, sample, turn):
-        two episodes of a group whose dialogues happen to coincide still sample independently,
-        and the same problem gets the same stream under every adapter (paired comparisons)."""
+        """The one sampling-key scheme: each request samples from its own stream, keyed by
+        (the student's sampling seed, `seed`, problem, sample, turn). `seed` tells repeated
+        draws of the same problem apart (GRPO: the data position; evaluation: the eval seed);
+        two episodes of a group whose dialogues happen to coincide still sample independently;
+        the same problem gets the same stream under every adapter and in any batch (paired
+        comparisons, resumable generation)."""
         base = self.sampling_params.seed
         if base is None:
             return replace(self.sampling_params, n=n)
@@ -245,9 +248,9 @@ def generate_to_file(runner: EpisodeRunner, problems: list[Problem], out: str | 
     with out.open("a") as f:
         for b in range(0, len(todo), problems_per_batch):
             batch = todo[b : b + problems_per_batch]
-            # The batch's seed depends on its problems, not on where a resumed run restarts.
-            batch_seed = seed + sum(hash_id(p.id) for p in batch) % 1_000_003
-            episodes = runner.run(batch, group_size, seed=batch_seed, adapter_version=adapter_version)
+            # Sampling is keyed per problem (EpisodeRunner), so a resumed run that batches the
+            # remaining problems differently draws the same episodes.
+            episodes = runner.run(batch, group_size, seed=seed, adapter_version=adapter_version)
             f.write("".join(e.to_json() + "\n" for e in episodes))
             f.flush()
             os.fsync(f.fileno())

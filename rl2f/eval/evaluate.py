@@ -8,9 +8,10 @@ base model, which is loaded once) and every seed, on the same held-out problems:
 - pass@K samples: K = T independent single-turn samples per problem (x samples_per_problem);
 - self-correction episodes (models named in `self_correct`): the student critiques its own
   attempt in the teacher's turn, no privileged information (rl2f/teacher.py, "self").
-Sampling is seeded by (seed, problem batch) only, never by the model, so every model and
-every episode kind draws the same noise for the same problems: turn 1 of the feedback, retry
-and self-correction episodes is the same attempt, and differences between models are paired.
+Sampling is keyed by (seed, problem) only (the episode runner's one scheme), never by the
+model or the batch, so every model and every episode kind draws the same noise for the same
+problems: turn 1 of the feedback, retry and self-correction episodes is the same attempt,
+and differences between models are paired.
 
 Episodes are sampled at `eval.temperature` (greedy flatters an imitation base) with the
 rollout's top-p / top-k / max_new_tokens. Metrics and intervals: rl2f/eval/metrics.py; the
@@ -80,11 +81,6 @@ def resolve_problems(cfg: RunConfig, problems=None) -> list[tuple[Task, list[Pro
 def eval_rollout(cfg: RunConfig) -> RolloutSection:
     """The rollout table with eval's temperature and seed: how every evaluated student samples."""
     return dataclasses.replace(cfg.rollout, temperature=cfg.eval.temperature, seed=cfg.eval.seed)
-
-
-def _batch_seed(seed: int, batch: int) -> int:
-    # Depends on (seed, batch) only: every model and episode kind draws the same noise.
-    return seed * 1_000_003 + batch * 7_919_000
 
 
 # ----------------------------------------------------------------------------------------
@@ -163,7 +159,7 @@ def evaluate_models(cfg: RunConfig, models: dict[str, str | None], problems=None
                     group = S * T if kind == "pass" else S
                     for b in range(0, len(ps), per_batch):
                         batch = ps[b : b + per_batch]
-                        eps = runners[task.name][kind].run(batch, group, seed=_batch_seed(seed, b // per_batch),
+                        eps = runners[task.name][kind].run(batch, group, seed=seed,
                                                            adapter_version=version if adapter else 0)
                         episodes[name][kind][seed] += eps
                         if progress is not None:

@@ -122,7 +122,7 @@ def generated_sequences(cfg: RunConfig, run, out_dir: Path | None = None) -> lis
     with unsharded(run.model):
         for b in range(0, len(problems), cfg.rollout.problems_per_batch):
             chunk = problems[b : b + cfg.rollout.problems_per_batch]
-            episodes += runner.run(chunk, cfg.rollout.group_size, seed=cfg.rollout.seed + b, adapter_version=0)
+            episodes += runner.run(chunk, cfg.rollout.group_size, seed=0, adapter_version=0)
     solved = [e for e in episodes if e.solved_at is not None]
     if not solved:
         raise UserError(f"train.sft_data is empty and the model solved none of {len(episodes)} generated "
