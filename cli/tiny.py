@@ -1,4 +1,4 @@
-"""`rl2f tiny`: write the embedded default checkpoint (placeholder until the model lands)."""
+"""`rl2f tiny`: write the embedded default checkpoint (the tiny model the tests and the demo use)."""
 import click
 
 

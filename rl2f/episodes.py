@@ -1,4 +1,4 @@
-"""The multi-turn episode runner (RL2F.md, Episode) and its JSONL records.
+"""The multi-turn episode runner (docs/method.md, Episode) and its JSONL records.
 
 One runner serves rollout generation, training and evaluation:
 

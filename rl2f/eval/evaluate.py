@@ -1,5 +1,5 @@
 """Evaluate the base model and LoRA adapters on the same problems and seeds (a paired
-comparison), with the two reference points of RL2F.md beside each model.
+comparison), with the two reference points of docs/method.md beside each model.
 
 For every model (the base with its adapter switched off, or an adapter loaded into the one
 base model, which is loaded once) and every seed, on the same held-out problems:

@@ -1,5 +1,5 @@
 """The decoder (Llama 3, Qwen 2/2.5/3, Gemma 3 text), its checkpoint loader, KV cache,
-tokenizer and the tiny embedded default checkpoint. See notes/model_api.md for the contract."""
+tokenizer and the tiny embedded default checkpoint."""
 from rl2f.model.config import ModelConfig, RopeParams, parse_hf_config, read_config
 from rl2f.model.kv_cache import KVCache
 from rl2f.model.loading import load_config, load_model

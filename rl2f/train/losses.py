@@ -1,6 +1,6 @@
 """The arithmetic of the training objectives: returns, group advantages, token losses.
 
-Credit over turns (RL2F.md, Training). A student turn t of an episode with turn rewards
+Credit over turns (docs/method.md, Training). A student turn t of an episode with turn rewards
 r_0..r_{n-1} gets the discounted return
 
     G_t = sum_{k >= t} gamma^(k - t) r_k

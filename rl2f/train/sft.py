@@ -3,7 +3,7 @@ r"""SFT on teacher-student dialogues (the paper's SFT baseline, and a warm start
 What it does. Trains the LoRA adapter on whole dialogues with the loss on the student's
 turns only (their end-of-turn token included, so the student learns to stop); with
 `train.critique_weight > 0` the teacher's turns add a likelihood term of that weight
-(critique prediction, RL2F.md "Self-improvement"; the context is the student's own dialogue,
+(critique prediction, docs/method.md "Self-improvement"; the context is the student's own dialogue,
 which never holds the privileged information). Each term is a token mean over the whole
 optimiser step: -sum(log p) / (global number of such tokens, all accumulation steps and
 ranks). AdamW on the fp32 adapter, linear warmup then cosine to `min_lr_ratio`, gradient
