@@ -42,6 +42,7 @@ from rl2f.config import RunConfig
 from rl2f.distributed import Dist, unsharded
 from rl2f.episodes import Episode
 from rl2f.errors import UserError
+from rl2f.jsonl import read_jsonl
 from rl2f.roles import Role
 from rl2f.run import training_runner
 from rl2f.train.batch import TrainSequence, collate, forward_hidden, gather_logprobs, length_buckets
@@ -77,32 +78,24 @@ def episode_sequence(ep) -> TrainSequence:
 
 def read_sft_file(path: str | Path, tokenizer) -> list[TrainSequence]:
     """Episode records (solved ones) or chats from a JSONL file; a bad line names file and line."""
-    path = Path(path)
-    if not path.is_file():
+    episodes = 0
+
+    def parse(rec: dict, lineno: int) -> TrainSequence | None:
+        nonlocal episodes
+        if "token_ids" in rec:
+            episodes += 1
+            ep = Episode.from_dict(rec)
+            return episode_sequence(ep) if ep.solved_at is not None else None
+        if "messages" in rec:
+            msgs = rec["messages"]
+            if not any(m.get("role") == "assistant" for m in msgs):
+                raise ValueError("no assistant turn to learn from")
+            return chat_sequence(msgs, tokenizer)
+        raise ValueError("expected an episode record (token_ids) or a chat (messages)")
+
+    if not Path(path).is_file():
         raise UserError(f"train.sft_data: {path} not found")
-    seqs, episodes = [], 0
-    with path.open() as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-                if "token_ids" in rec:
-                    episodes += 1
-                    ep = Episode.from_dict(rec)
-                    if ep.solved_at is not None:
-                        seqs.append(episode_sequence(ep))
-                elif "messages" in rec:
-                    msgs = rec["messages"]
-                    if not any(m.get("role") == "assistant" for m in msgs):
-                        raise ValueError("no assistant turn to learn from")
-                    seqs.append(chat_sequence(msgs, tokenizer))
-                else:
-                    raise ValueError("expected an episode record (token_ids) or a chat (messages)")
-            except UserError:
-                raise
-            except (json.JSONDecodeError, TypeError, KeyError, ValueError, AttributeError) as e:
-                raise UserError(f"{path}:{lineno}: not an SFT record ({type(e).__name__}: {e})") from None
+    seqs, _ = read_jsonl(path, "an SFT record", parse)
     if not seqs:
         what = f"none of its {episodes} episodes is solved" if episodes else "it holds no dialogue"
         raise UserError(f"train.sft_data: {path}: nothing to train on ({what})")
