@@ -25,8 +25,7 @@ from rl2f.engine.types import Engine, SamplingParams
 from rl2f.episodes import EpisodeRunner
 from rl2f.errors import UserError
 from rl2f.lora import apply_lora, load_adapter
-from rl2f.model import CausalLM, build_tiny_checkpoint, load_model
-from rl2f.model.tokenizer import Tokenizer, load_tokenizer
+from rl2f.model import CausalLM, Tokenizer, build_tiny_checkpoint, load_model, load_tokenizer
 from rl2f.tasks import get_task
 from rl2f.tasks.base import Task
 from rl2f.teacher import make_teacher

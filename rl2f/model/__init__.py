@@ -5,18 +5,9 @@ from rl2f.model.kv_cache import KVCache
 from rl2f.model.loading import load_config, load_model
 from rl2f.model.modeling import CausalLM
 from rl2f.model.tiny import build_tiny_checkpoint, tiny_config
-
-
-def __getattr__(name):
-    # The tokenizer (and the `tokenizers` import) only when asked for: model code needs neither.
-    if name == "load_tokenizer":
-        from rl2f.model.tokenizer import load_tokenizer
-
-        return load_tokenizer
-    raise AttributeError(f"module 'rl2f.model' has no attribute {name!r}")
-
+from rl2f.model.tokenizer import Tokenizer, load_tokenizer
 
 __all__ = [
     "CausalLM", "KVCache", "ModelConfig", "RopeParams", "build_tiny_checkpoint", "load_config",
-    "load_model", "load_tokenizer", "parse_hf_config", "read_config", "tiny_config",
+    "Tokenizer", "load_model", "load_tokenizer", "parse_hf_config", "read_config", "tiny_config",
 ]

@@ -7,13 +7,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from rl2f.train.grpo import train_grpo
+from rl2f.train.sft import train_sft
+
 
 def train(cfg, out_dir: str | Path, resume: str | Path | None = None, **kw) -> dict:
     """Run the configured method; returns the last step's metrics."""
     if cfg.train.method == "sft":
-        from rl2f.train.sft import train_sft
-
         return train_sft(cfg, out_dir, resume=resume, **kw)
-    from rl2f.train.grpo import train_grpo
-
     return train_grpo(cfg, out_dir, resume=resume, **kw)

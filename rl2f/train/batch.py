@@ -19,6 +19,7 @@ from typing import NamedTuple, Sequence
 
 import torch
 
+from rl2f.kernels import linear_token_logprobs
 from rl2f.roles import Role
 
 
@@ -104,8 +105,6 @@ def lm_head_args(model) -> tuple[torch.Tensor, float | None]:
 def gather_logprobs(model, hidden: torch.Tensor, pos: torch.Tensor, targets: torch.Tensor,
                     temperature: float = 1.0) -> torch.Tensor:
     """log softmax(lm_head(hidden[pos]) / T)[target] per position, fp32, via the fused kernel."""
-    from rl2f.kernels import linear_token_logprobs
-
     if pos.numel() == 0:
         # Keep the graph connected (FSDP expects every rank to run backward through the model).
         return hidden.sum()[None][:0].float() * 0.0  # (0,)
