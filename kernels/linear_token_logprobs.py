@@ -55,6 +55,20 @@ def _tanh(u):
 
 
 @triton.jit
+def _capped(z, inv_t, softcap, HAS_SOFTCAP: tl.constexpr):
+    """(y, f'): the scaled logit y = softcap tanh(z / softcap) / T (z / T without a cap) and
+    f' = 1 - tanh^2, the cap's derivative (1 without a cap)."""
+    if HAS_SOFTCAP:
+        th = _tanh(z / softcap)
+        y = th * (softcap * inv_t)
+        fp = 1.0 - th * th
+    else:
+        y = z * inv_t
+        fp = tl.zeros_like(z) + 1.0
+    return y, fp
+
+
+@triton.jit
 def _fwd_epilogue_kernel(
     z_ptr, z_stride, t_ptr, m_ptr, sex_ptr, zt_ptr, alpha_ptr,
     n_rows, C, v0, inv_t, softcap, ignore_index,
@@ -73,11 +87,7 @@ def _fwd_epilogue_kernel(
     ptrs = z_ptr + rows.to(tl.int64)[:, None] * z_stride + cols[None, :]
     mask = row_ok[:, None] & col_ok[None, :]
     z = tl.load(ptrs, mask=mask, other=0.0).to(tl.float32)              # (ROWS, BLOCK_C)
-    if HAS_SOFTCAP:
-        th = _tanh(z / softcap)
-        y = th * (softcap * inv_t)
-    else:
-        y = z * inv_t
+    y, fp = _capped(z, inv_t, softcap, HAS_SOFTCAP)
     y = tl.where(col_ok[None, :] & not_t, y, float("-inf"))
     m_old = tl.load(m_ptr + rows, mask=row_ok, other=0.0)
     m_new = tl.maximum(m_old, tl.max(y, axis=1))
@@ -90,7 +100,7 @@ def _fwd_epilogue_kernel(
     tl.store(zt_ptr + rows, z_t, mask=row_ok & (t_local >= 0) & (t_local < C))
     if WRITE_P:
         if HAS_SOFTCAP:
-            e = e * (1.0 - th * th)
+            e = e * fp
         tl.store(ptrs, e.to(z_ptr.dtype.element_ty), mask=mask)
         tl.store(alpha_ptr + rows, alpha, mask=row_ok)
 
@@ -122,13 +132,7 @@ def _finalize_kernel(
     ok = row_ok & (t != ignore_index)
     m = tl.load(m_ptr + rows, mask=row_ok, other=0.0)
     z_t = tl.load(zt_ptr + rows, mask=row_ok, other=0.0)
-    if HAS_SOFTCAP:
-        th = _tanh(z_t / softcap)
-        y_t = th * (softcap * inv_t)
-        fp_t = 1.0 - th * th
-    else:
-        y_t = z_t * inv_t
-        fp_t = tl.full([ROWS], 1.0, tl.float32)
+    y_t, fp_t = _capped(z_t, inv_t, softcap, HAS_SOFTCAP)
     m_f = tl.maximum(m, y_t)  # the target was kept out of m: fold it in now
     r = tl.exp(m - m_f)
     s_ex = tl.load(sex_ptr + rows, mask=row_ok, other=0.0) * r
@@ -170,13 +174,7 @@ def _bwd_epilogue_kernel(
     ptrs = z_ptr + rows.to(tl.int64)[:, None] * z_stride + cols[None, :]
     mask = row_ok[:, None] & (cols < C)[None, :]
     z = tl.load(ptrs, mask=mask, other=0.0).to(tl.float32)
-    if HAS_SOFTCAP:
-        th = _tanh(z / softcap)
-        y = th * (softcap * inv_t)
-        fp = 1.0 - th * th
-    else:
-        y = z * inv_t
-        fp = 1.0
+    y, fp = _capped(z, inv_t, softcap, HAS_SOFTCAP)
     p = tl.exp(y - lse[:, None])
     d = tl.where(cols[None, :] == (t - v0)[:, None], q[:, None], -p) * (coef[:, None] * fp)
     tl.store(ptrs, d.to(z_ptr.dtype.element_ty), mask=mask)
