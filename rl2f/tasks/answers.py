@@ -51,6 +51,7 @@ class Answer(NamedTuple):
 
 
 _BOXED = re.compile(r"\\(?:boxed|fbox)\s*")
+_MAX_BOXES = 32
 # Between two boxed answers that form one list: spacing, commas, "and"/"or", math delimiters.
 _LIST_GLUE = re.compile(r"(?:\s|[,;$.]|\\[,;:! ]|\\q?quad|\\text\{\s*(?:and|or|,)?\s*\}|\band\b|\bor\b|\\\(|\\\)|\\\[|\\\])*")
 # "final answer ... is X" (X right after "is"), "final answer: X", then the weaker markers.
@@ -92,8 +93,8 @@ def _braced(text: str, start: int) -> tuple[str, int] | None:
 def _boxed_answer(text: str) -> tuple[int, Answer] | None:
     """(end, answer) of the last balanced `\\boxed{}`, joined with the boxed answers just
     before it when only list glue separates them (`\\boxed{-2} and \\boxed{1}` is `-2, 1`)."""
-    boxes = []  # (start, end, content)
-    for m in _BOXED.finditer(text):
+    boxes = []  # (start, end, content), the last _MAX_BOXES only: each scan is linear
+    for m in list(_BOXED.finditer(text))[-_MAX_BOXES:]:
         got = _braced(text, m.end())
         if got is not None:
             boxes.append((m.start(), got[1], got[0].replace("$", " ").strip()))

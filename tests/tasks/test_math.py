@@ -257,6 +257,17 @@ def test_pathological_expressions_count_as_wrong_and_do_not_hang():
     assert _run_with_hang_guard(lambda: is_equivalent("x^2 - 1", "(x-1)(x+1)", timeout=30)) is True
 
 
+PATHOLOGICAL_TEXTS = ["\\boxed{" * 20000, "$" * 50000, "final answer is " * 5000 + "x", "{" * 30000 + "\\boxed{1",
+                      "Answer: " + "(" * 5000 + "1"]
+
+
+def test_pathological_attempts_do_not_hang():
+    """Extraction and grading of huge or unbalanced attempts finish (and count as wrong)."""
+    task = MathTask(timeout=0.5)
+    for text in PATHOLOGICAL_TEXTS:
+        assert _run_with_hang_guard(lambda: task.verify(text, Problem("p", "?", "2")).correct, limit=120) is False
+
+
 def test_parallel_threads_share_the_worker():
     """Comparisons from several threads at once all get their own correct verdict."""
     cases = [(f"{k}x + x", f"{k + 1}x", True) for k in range(2, 8)] + [(f"{k}x", f"{k + 1}x", False) for k in range(2, 8)]
