@@ -315,6 +315,8 @@ def _worker_main() -> None:
         resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
     except (ImportError, ValueError, OSError):
         pass
+    out = sys.stdout
+    sys.stdout = sys.stderr  # the protocol owns stdout; a library's print must not corrupt it
     import logging
 
     logging.disable(logging.CRITICAL)  # math-verify logs every parse failure
@@ -329,7 +331,6 @@ def _worker_main() -> None:
                 golds.popitem(last=False)
         return golds[s]
 
-    out = sys.stdout
     out.write("ready\n")
     out.flush()
     for line in sys.stdin:
@@ -368,7 +369,11 @@ class _Worker:
         )
         self.owner = os.getpid()
         self.buf = b""
-        if self._readline(self.START_TIMEOUT) != "ready":
+        deadline = time.monotonic() + self.START_TIMEOUT
+        line = self._readline(self.START_TIMEOUT)
+        while line is not None and line != "ready":  # stray output before the handshake
+            line = self._readline(max(0.0, deadline - time.monotonic()))
+        if line != "ready":
             self._kill()
             raise RuntimeError("the math-verify worker process did not start (is math-verify installed?)")
 
