@@ -16,7 +16,7 @@ import pytest
 from rl2f.errors import UserError
 from rl2f.leak_guard import LeakGuard
 from rl2f.tasks.base import Problem
-from rl2f.tasks.answers import extract_answer, is_equivalent, numeric_value, read_answer
+from rl2f.tasks.answers import extract_answer, is_equivalent, numeric_value
 from rl2f.tasks.math import MathTask
 
 DATA = Path(__file__).parent / "data" / "omni_sample.jsonl"
