@@ -25,6 +25,7 @@ setup(
         "tokenizers>=0.19",
         "numpy>=1.24",
         "sympy>=1.12",
+        "math-verify==0.9.0",  # math answer equivalence (pulls latex2sympy2_extended, antlr4 runtime)
         "click>=8.1",
         "tomli>=2.0; python_version < '3.11'",
     ],

@@ -1,31 +1,41 @@
 """The teacher's leak guard: does a feedback message give the answer away?
 
-`LeakGuard(task).check(message, problem)` runs string checks against the answer and the
-task's `answer_forms` (any hit is a leak), then an optional judge:
+`LeakGuard(task).check(message, problem, earlier=())` runs string checks against the answer
+and the task's `answer_forms` (any hit is a leak), then an optional judge. A number that
+also appears in the problem's prompt is never a leak: hints may quote the problem.
 
 1. Numbers, by value, on token boundaries (`1` is not inside `12`, `2nd` is not a number):
-   integers, decimals, `1,000`, `a/b`, `\\frac{a}{b}`, `p%` (also read as p/100). A number
-   that also appears in the problem's prompt is not a leak. For a non-integer answer, a
-   decimal that is the answer rounded (>= 2 significant digits) is a leak.
-2. Non-numeric forms (`2\\sqrt{3}`, `(1, 2]`, a move string) as substrings after dropping
+   integers, decimals (`.5` too), `1,000`, `a/b`, `\\frac{a}{b}`, `p%` (also read as p/100).
+   For a non-integer answer, a decimal that is the answer rounded (>= 2 significant digits).
+2. Numbers in words, whatever punctuation surrounds them ("seventy-six.", "(seventy six)",
+   "Seventy six!"): integers >= 10 anywhere; fractions and percents ("one half", "half",
+   "three quarters", "fifty percent"); "zero point five"; a one-digit number only where it
+   is stated as a value ("It's seven.", "x equals seven", "the answer is seven").
+3. Non-numeric forms (`2\\sqrt{3}`, `(1, 2]`, a move string) as substrings after dropping
    case, whitespace, `$`, braces, parentheses, `\\left`/`\\right`, `*`, `\\cdot`; letter-only
    forms on word boundaries, and ones of <= 3 letters (`no`, `A`) only in "answer is X" or
    "(X)" phrasing, where they cannot be ordinary words.
-3. Spelled out: an answer of >= 2 digits (or >= 3 letters) written one character at a time
-   ("3 4 5", "3-4-5", "three four five", "the digits are 3, 4 and 5"); an integer >= 10 in
-   words ("three hundred forty-five"); a one-digit answer in words after "answer is".
-4. `judge(message, problem) -> bool` (an LLM judge, say), consulted only when 1-3 pass.
-
-`guard(...)` regenerates a flagged message up to `max_tries` times and otherwise replaces it
-with `GENERIC_HINT`; every flag is kept in `reasons` (the leak rate of RL2F.md counts them).
+4. Spelled out one character at a time ("3 4 5", "3-4-5", "three four five", "the digits are
+   3, 4 and 5") for an answer of >= 2 digits or >= 3 letters.
+5. Digit by digit and by place value ("the first digit is 7 and the second digit is 6",
+   "7 tens and 6 ones", "the units digit is 6"): a leak when the stated digits make up the
+   whole answer. This check reads the episode's cumulative teacher text (`earlier`: the
+   teacher messages already sent in this episode), so one digit per turn is caught on the
+   turn that completes the answer.
+6. Symbolic answers (`2\\sqrt{3}`), through the math engine (`rl2f.tasks.answers`): a formula
+   in the message equivalent to the answer (`\\sqrt{12}`), or a decimal that is its value
+   rounded or cut to >= 3 significant digits ("about 3.46").
+7. `judge(message, problem) -> bool` (an LLM judge, say), consulted only when 1-6 pass.
 """
 from __future__ import annotations
 
+import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from fractions import Fraction
-from typing import Callable
+from typing import Callable, Sequence
 
+from rl2f.tasks.answers import is_equivalent, numeric_approx, numeric_value
 from rl2f.tasks.base import Problem, Task
 
 GENERIC_HINT = "That is not correct. Re-check your work and try again."
@@ -37,19 +47,10 @@ class LeakCheck:
     reason: str = ""  # what matched, for logs ("" when clean)
 
 
-@dataclass
-class GuardResult:
-    text: str  # the message to send: the original, a regenerated one, or GENERIC_HINT
-    flagged: bool  # at least one draft leaked
-    tries: int  # drafts checked (1 = the first message passed or was the only one)
-    reasons: list[str] = field(default_factory=list)  # one per flagged draft
-    replaced: bool = False  # every draft leaked and GENERIC_HINT was sent instead
-
-
 # ---------------------------------------------------------------------------------------
 # Numbers in free text
 
-_NUMBER = re.compile(r"(?<![\w.])(-)?(\d{1,3}(?:,\d{3})+(?![\d,])|\d+)(\.\d+)?(?!\.?\d)(?!(?:st|nd|rd|th)\b)")
+_NUMBER = re.compile(r"(?<![\w.])(-)?(\d{1,3}(?:,\d{3})+(?![\d,])|\d+)?(\.\d+)?(?!\.?\d)(?!(?:st|nd|rd|th)\b)")
 _TEX_FRAC = re.compile(r"\\[dtc]?frac\s*\{\s*(-?\d+)\s*\}\s*\{\s*(-?\d+)\s*\}|\\[dtc]?frac\s*(\d)(\d)")
 _SLASH = re.compile(r"(?<![\w.])(-?\d+)\s*/\s*(\d+)(?!\w|\.\d)")
 _PERCENT = re.compile(r"(?<![\w.])(-?\d+(?:\.\d+)?)\s*(?:\\?%|\s*percent\b)")
@@ -59,7 +60,9 @@ def _numbers(text: str) -> list[tuple[Fraction, str]]:
     """(value, literal) for each number in `text`; fractions and percents add their value."""
     out = []
     for m in _NUMBER.finditer(text):
-        lit = (m.group(1) or "") + m.group(2).replace(",", "") + (m.group(3) or "")
+        if m.group(2) is None and m.group(3) is None:
+            continue
+        lit = (m.group(1) or "") + (m.group(2) or "0").replace(",", "") + (m.group(3) or "")
         out.append((Fraction(lit), m.group(0)))
     for m in _TEX_FRAC.finditer(text):
         a, b = (m.group(1), m.group(2)) if m.group(1) is not None else (m.group(3), m.group(4))
@@ -74,9 +77,9 @@ def _numbers(text: str) -> list[tuple[Fraction, str]]:
 
 
 def _decimals(text: str) -> list[tuple[Fraction, int, str]]:
-    """(value, fractional digits, literal) of each decimal literal."""
+    """(value, fractional digits, literal) of each decimal literal (`3.46`, `.5`)."""
     return [(Fraction(m.group(0)), len(m.group(0).split(".")[1]), m.group(0))
-            for m in re.finditer(r"(?<![\w.])-?\d+\.\d+(?!\.?\d)", text)]
+            for m in re.finditer(r"(?<![\w.])-?\d*\.\d+(?!\.?\d)", text)]
 
 
 def _significant(lit: str) -> int:
@@ -84,19 +87,20 @@ def _significant(lit: str) -> int:
 
 
 # ---------------------------------------------------------------------------------------
-# Normalised text
-
-def _compact(s: str) -> str:
-    s = s.lower().replace("\u221a", "sqrt").replace("\u03c0", "pi").replace("\u2212", "-")
-    s = re.sub(r"\\[dtc]frac", r"\\frac", s)
-    s = re.sub(r"\\(?:left|right|displaystyle)(?![a-z])|\\[,;:! ]|\\cdot|\\times|\\!", "", s)
-    s = re.sub(r"[\s$*{}()\\]", "", s)
-    return s
-
+# Numbers in words
 
 _ONES = ("zero one two three four five six seven eight nine ten eleven twelve thirteen "
          "fourteen fifteen sixteen seventeen eighteen nineteen").split()
 _TENS = "_ _ twenty thirty forty fifty sixty seventy eighty ninety".split()
+_SCALES = {"hundred": 100, "thousand": 10**3, "million": 10**6, "billion": 10**9}
+_DENOMINATORS = {"half": 2, "halves": 2, "third": 3, "thirds": 3, "quarter": 4, "quarters": 4,
+                 "fourth": 4, "fourths": 4, "fifth": 5, "fifths": 5, "sixth": 6, "sixths": 6,
+                 "seventh": 7, "sevenths": 7, "eighth": 8, "eighths": 8, "ninth": 9, "ninths": 9,
+                 "tenth": 10, "tenths": 10}
+_WORD = re.compile(r"[a-z]+")
+# A number word stated as a value: "is seven", "it's seven", "equals seven", "= seven".
+_VALUE_CUE = re.compile(r"(?:\bis|'s|\bequals?|=|\bbe|\bgets?|\bgives?|\bmakes?|\bgot|\bwas|\banswer|\bresult)"
+                        r"\s*:?\s*(?:(?:minus|negative)\s+)?$")
 
 
 def number_words(n: int) -> str:
@@ -114,14 +118,152 @@ def number_words(n: int) -> str:
     raise ValueError(n)
 
 
+def _word_kind(w: str) -> str | None:
+    if w in _ONES:
+        return "one" if _ONES.index(w) < 10 else "teen"
+    if w in _TENS and w != "_":
+        return "ten"
+    return "scale" if w in _SCALES else None
+
+
+# Which word may continue a cardinal after the last one ("seventy six", "three hundred five";
+# "three four" is two numbers, spelled digit by digit).
+_FOLLOWS = {"one": {"scale"}, "teen": {"scale"}, "ten": {"one", "scale"}, "hundred": {"one", "teen", "ten", "scale"},
+            "scale": {"one", "teen", "ten"}}
+
+
+def _word_numbers(text: str) -> list[tuple[Fraction, str, bool]]:
+    """(value, literal, stated) for each number written in words. Words join over spaces,
+    hyphens and "and"; other punctuation ends a number but never hides it. `stated`: a
+    value that cannot be an ordinary word (>= 10, a fraction, a percent, a decimal, or a
+    one-digit number right after "is" / "equals" / "=")."""
+    low = text.lower()
+    words = list(_WORD.finditer(low))
+    out, i = [], 0
+    while i < len(words):
+        w = words[i].group(0)
+        start = i
+        sign = 1
+        if w in ("minus", "negative") and i + 1 < len(words) and _word_kind(words[i + 1].group(0)):
+            sign, i = -1, i + 1
+        total, current, last, j = 0, 0, None, i
+        while j < len(words):
+            w = words[j].group(0)
+            kind = _word_kind(w)
+            if j > i and not re.fullmatch(r"[\s\-\u2013]+", low[words[j - 1].end() : words[j].start()]):
+                break
+            if w == "and" and last in ("hundred", "scale") and j + 1 < len(words) \
+                    and _word_kind(words[j + 1].group(0)) in ("one", "teen", "ten"):
+                j += 1  # "three hundred and forty five"
+                continue
+            if kind is None or (last is not None and kind not in _FOLLOWS["hundred" if last == "hundred" else last]):
+                break
+            if w == "hundred":
+                if last not in ("one", "teen"):
+                    break
+                current *= 100
+                last = "hundred"
+            elif kind == "scale":
+                total += current * _SCALES[w]
+                current, last = 0, "scale"
+            else:
+                current += _ONES.index(w) if kind in ("one", "teen") else 10 * _TENS.index(w)
+                last = kind
+            j += 1
+        if j == i:  # not a cardinal: "half", "a half", "a quarter"
+            w = words[i].group(0)
+            nxt = words[i + 1].group(0) if i + 1 < len(words) else ""
+            if w in ("half", "halves"):
+                out.append((Fraction(1, 2), w, True))
+            elif w in ("a", "an") and nxt in _DENOMINATORS:
+                out.append((Fraction(1, _DENOMINATORS[nxt]), f"{w} {nxt}", True))
+                i += 1
+            i += 1
+            continue
+        value = Fraction(sign * (total + current))
+        literal_end, stated = words[j - 1].end(), abs(value) >= 10
+        nxt = words[j].group(0) if j < len(words) else ""
+        if nxt in _DENOMINATORS and value != 0:
+            value, stated, literal_end, j = value / _DENOMINATORS[nxt], True, words[j].end(), j + 1
+        elif nxt == "percent" or (nxt == "per" and j + 1 < len(words) and words[j + 1].group(0) == "cent"):
+            j += 1 if nxt == "percent" else 2
+            value, stated, literal_end = value / 100, True, words[j - 1].end()
+        elif nxt == "point" and j + 1 < len(words) and _word_kind(words[j + 1].group(0)) == "one":
+            digits, j = "", j + 1
+            while j < len(words) and _word_kind(words[j].group(0)) == "one":
+                digits, j = digits + str(_ONES.index(words[j].group(0))), j + 1
+            value = sign * (abs(value) + Fraction(int(digits), 10 ** len(digits)))
+            stated, literal_end = True, words[j - 1].end()
+        before = low[max(0, words[start].start() - 24) : words[start].start()]
+        stated = stated or bool(_VALUE_CUE.search(before)) or before.rstrip().endswith("(") \
+            or not re.search(r"[a-z0-9]", low[: words[start].start()] + low[literal_end:])
+        out.append((value, low[words[start].start() : literal_end], stated))
+        i = j
+    return out
+
+
+# ---------------------------------------------------------------------------------------
+# Digit by digit and place value
+
+_DIGIT_WORD = r"(?:\d|" + "|".join(_ONES[:10]) + r")"
+_FROM_LEFT = {"first": 0, "leading": 0, "second": 1, "third": 2, "fourth": 3, "fifth": 4, "sixth": 5, "seventh": 6,
+              "eighth": 7, "ninth": 8}
+_FROM_RIGHT = {"last": 0, "final": 0, "ones": 0, "units": 0, "unit": 0, "one's": 0, "tens": 1, "ten's": 1,
+               "hundreds": 2, "thousands": 3, "ten-thousands": 4}
+_PLACE = "|".join(re.escape(k) for k in sorted({**_FROM_LEFT, **_FROM_RIGHT}, key=len, reverse=True))
+_DIGIT_IS = re.compile(r"\b(" + _PLACE + r")(?:[\s-]+place)?[\s-]+digit(?:\s+of\s+(?:the|your)\s+\w+)?\s*"
+                       r"(?:is|=|:|equals|should\s+be|must\s+be)\s*(?:an?\s+)?(" + _DIGIT_WORD + r")\b", re.IGNORECASE)
+_DIGIT_IN_PLACE = re.compile(r"\bdigit\s+in\s+the\s+(" + _PLACE + r")(?:[\s-]+place)?\s*(?:is|=|:)\s*(" + _DIGIT_WORD + r")\b",
+                             re.IGNORECASE)
+_PLACE_VALUE = re.compile(r"\b(" + _DIGIT_WORD + r")\s+(ten-thousands|thousands|hundreds|tens|ones|units)\b", re.IGNORECASE)
+
+
+def _digit(s: str) -> int:
+    s = s.lower()
+    return int(s) if s.isdigit() else _ONES.index(s)
+
+
+def _digit_facts(text: str) -> set[tuple[str, int, int]]:
+    """(side, position, digit) stated in `text`: side "L" counts from the left (first digit
+    = 0), "R" from the right (ones = 0)."""
+    facts = set()
+    for m in list(_DIGIT_IS.finditer(text)) + list(_DIGIT_IN_PLACE.finditer(text)) + list(_PLACE_VALUE.finditer(text)):
+        place, d = (m.group(1), m.group(2)) if m.re is not _PLACE_VALUE else (m.group(2), m.group(1))
+        place = place.lower()
+        side, pos = ("L", _FROM_LEFT[place]) if place in _FROM_LEFT else ("R", _FROM_RIGHT[place])
+        facts.add((side, pos, _digit(d)))
+    return facts
+
+
+def _covers(facts: set[tuple[str, int, int]], digits: str) -> bool:
+    """Whether the facts that agree with `digits` name every one of its digits."""
+    known = set()
+    for side, pos, d in facts:
+        i = pos if side == "L" else len(digits) - 1 - pos
+        if 0 <= i < len(digits) and int(digits[i]) == d:
+            known.add(i)
+    return len(known) == len(digits)
+
+
+# ---------------------------------------------------------------------------------------
+# Normalised text
+
+def _compact(s: str) -> str:
+    s = s.lower().replace("\u221a", "sqrt").replace("\u03c0", "pi").replace("\u2212", "-")
+    s = re.sub(r"\\[dtc]frac", r"\\frac", s)
+    s = re.sub(r"\\(?:left|right|displaystyle)(?![a-z])|\\[,;:! ]|\\cdot|\\times|\\!", "", s)
+    s = re.sub(r"[\s$*{}()\\]", "", s)
+    return s
+
+
 def _wordy(text: str) -> str:
-    """Lower case, hyphens and commas as spaces, 'and' dropped: 'Three hundred and forty-five'."""
-    t = re.sub(r"[-\u2013\u2014,]", " ", text.lower())
+    """Lower case words only, single-spaced, 'and' dropped: ' three hundred forty five '."""
+    t = re.sub(r"[^a-z0-9]+", " ", text.lower())
     t = re.sub(r"\band\b", " ", t)
     return " " + re.sub(r"\s+", " ", t).strip() + " "
 
 
-_DIGIT_WORD = re.compile(r"\b(" + "|".join(_ONES[:10]) + r")\b", re.IGNORECASE)
+_DIGIT_NAME = re.compile(r"\b(" + "|".join(_ONES[:10]) + r")\b", re.IGNORECASE)
 _SEP = r"(?:[\s,;:/|&.\-\u2013\u2014\u00b7]|and|then)+"
 
 
@@ -131,7 +273,21 @@ def _spelled(chars: str) -> re.Pattern:
 
 
 def _digits_as_numerals(text: str) -> str:
-    return _DIGIT_WORD.sub(lambda m: str(_ONES.index(m.group(1).lower())), text.lower())
+    return _DIGIT_NAME.sub(lambda m: str(_ONES.index(m.group(1).lower())), text.lower())
+
+
+# Formulas in a message that the math engine compares with a symbolic answer.
+_FORMULA = re.compile(r"(?<!\\)\$([^$]+)\$|\\\((.+?)\\\)|([^\s,;!?$]*(?:\\[A-Za-z]+|sqrt\()[^\s,;!?$]*)")
+_MAX_FORMULAS = 8
+
+
+def _formulas(text: str) -> list[str]:
+    out = []
+    for m in _FORMULA.finditer(text):
+        f = next(g for g in m.groups() if g is not None).strip().rstrip(".")
+        if f and f not in out:
+            out.append(f)
+    return out[:_MAX_FORMULAS]
 
 
 # ---------------------------------------------------------------------------------------
@@ -145,29 +301,31 @@ class LeakGuard:
         forms = list(self.task.answer_forms(problem)) + ([problem.answer] if problem.answer else [])
         return [f for f in dict.fromkeys(str(f).strip() for f in forms) if f]
 
-    def check(self, message: str, problem: Problem) -> LeakCheck:
+    def check(self, message: str, problem: Problem, earlier: Sequence[str] = ()) -> LeakCheck:
+        """Whether `message` leaks the answer; `earlier`: the teacher messages already sent in
+        the same episode, read together with `message` for leaks spread over turns."""
         if not message or not message.strip():
             return LeakCheck(False)
         forms = self._forms(problem)
-        reason = self._string_leak(message, problem.prompt or "", forms) if forms else None
+        reason = self._string_leak(message, list(earlier), problem.prompt or "", forms) if forms else None
         if reason:
             return LeakCheck(True, reason)
         if self.judge is not None and self.judge(message, problem):
             return LeakCheck(True, "judge: the message reveals the answer")
         return LeakCheck(False)
 
-    def _string_leak(self, message: str, prompt: str, forms: list[str]) -> str | None:
-        from rl2f.tasks.math import numeric_value  # no sympy: plain numbers only
-
+    def _string_leak(self, message: str, earlier: list[str], prompt: str, forms: list[str]) -> str | None:
         values = {v for v in (numeric_value(f) for f in forms) if v is not None}
         symbolic = [f for f in forms if numeric_value(f) is None]
+        in_prompt = {v for v, _ in _numbers(prompt)} | {v for v, _, _ in _word_numbers(prompt)}
+        abs_prompt = {abs(v) for v in in_prompt}
 
-        # 1. numbers by value
+        # 1-2. numbers by value, in digits or in words
         if values:
-            in_prompt = {v for v, _ in _numbers(prompt)}
-            abs_values, abs_prompt = {abs(v) for v in values}, {abs(v) for v in in_prompt}
-            for v, lit in _numbers(message):
-                if (v in values and v not in in_prompt) or (abs(v) in abs_values and abs(v) not in abs_prompt):
+            abs_values = {abs(v) for v in values}
+            found = [(v, lit, True) for v, lit in _numbers(message)] + _word_numbers(message)
+            for v, lit, stated in found:
+                if stated and ((v in values and v not in in_prompt) or (abs(v) in abs_values and abs(v) not in abs_prompt)):
                     return f"answer value appears as {lit!r}"
             for v in values:
                 if v.denominator == 1:
@@ -176,7 +334,7 @@ class LeakGuard:
                     if _significant(lit) >= 2 and round(v, k) == d and d not in in_prompt:
                         return f"the answer rounded appears as {lit!r}"
 
-        # 2. non-numeric forms as normalised text
+        # 3. non-numeric forms as normalised text
         cmsg, cprompt = _compact(message), _compact(prompt)
         lmsg = message.lower()
         for f in symbolic:
@@ -199,38 +357,41 @@ class LeakGuard:
                     continue
                 return f"answer form {f!r} appears"
 
-        # 3. spelled out
+        # 4. spelled out one character at a time
         spelled_msg, spelled_prompt = _digits_as_numerals(message), _digits_as_numerals(prompt)
-        keys = {str(abs(v.numerator)) for v in values if v.denominator == 1 and abs(v) >= 10}
+        integers = {abs(v.numerator) for v in values if v.denominator == 1 and abs(v) not in abs_prompt}
+        keys = {str(n) for n in integers if n >= 10}
         keys |= {c for c in (_compact(f) for f in symbolic) if re.fullmatch(r"[a-z0-9]{3,}", c)}
         for key in keys:
             pat = _spelled(key)
             if pat.search(spelled_msg) and not pat.search(spelled_prompt):
                 return f"answer {key!r} spelled out one character at a time"
         wmsg, wprompt = _wordy(message), _wordy(prompt)
-        for v in values:
-            if v.denominator != 1 or abs(v) >= 10**12:
-                continue
-            words = number_words(abs(v.numerator))
-            if abs(v) >= 10:
-                if f" {words} " in wmsg and f" {words} " not in wprompt:
-                    return f"answer in words ({words!r})"
-            elif re.search(r"(?:answer|result|solution)\s+(?:is|should be|would be|equals)\s+"
-                           r"(?:minus\s+|negative\s+)?" + words + r"\b", wmsg):
+        for n in integers:
+            words = number_words(n) if n < 10**12 else ""
+            if n >= 10 and f" {words} " in wmsg and f" {words} " not in wprompt:
                 return f"answer in words ({words!r})"
-        return None
 
-    def guard(self, message: str, problem: Problem, regenerate: Callable[[], str] | None = None,
-              max_tries: int = 3) -> GuardResult:
-        """The message if clean; else up to `max_tries` regenerations; else GENERIC_HINT."""
-        reasons: list[str] = []
-        text, drafts = message, 0
-        while True:
-            drafts += 1
-            check = self.check(text, problem)
-            if not check.leaked:
-                return GuardResult(text, bool(reasons), drafts, reasons)
-            reasons.append(check.reason)
-            if regenerate is None or drafts > max_tries:
-                return GuardResult(GENERIC_HINT, True, drafts, reasons, replaced=True)
-            text = regenerate()
+        # 5. digit by digit, over the episode's teacher messages so far
+        new_facts = _digit_facts(message)
+        if new_facts:
+            facts = new_facts.union(*(_digit_facts(m) for m in earlier))
+            for n in integers:
+                if n >= 10 and _covers(facts, str(n)):
+                    return f"the digits of {n} are named one by one" + (" across turns" if not _covers(new_facts, str(n)) else "")
+
+        # 6. symbolic answers, through the math engine
+        for f in symbolic:
+            if not re.search(r"\\[A-Za-z]|\d", f) or _compact(f) in cprompt:
+                continue
+            for formula in _formulas(message):
+                if _compact(formula) not in cprompt and is_equivalent(formula, f, math=True):
+                    return f"{formula!r} is equivalent to the answer {f!r}"
+            decimals = [(d, k, lit) for d, k, lit in _decimals(message) if _significant(lit) >= 3 and d not in in_prompt]
+            value = numeric_approx(f) if decimals else None
+            if value is not None and math.isfinite(value):
+                for d, k, lit in decimals:
+                    scale = 10**k
+                    if float(d) in (round(value, k), math.trunc(value * scale) / scale):
+                        return f"the value of {f!r} appears as {lit!r}"
+        return None

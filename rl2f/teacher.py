@@ -46,14 +46,20 @@ class ProgrammaticTeacher:
         self.task = task
         self.guard = guard if guard is not None else LeakGuard(task)
 
+    @staticmethod
+    def earlier_feedback(history: list[dict]) -> list[str]:
+        """The teacher messages already in a dialogue: the user turns after the first attempt."""
+        first = next((i for i, m in enumerate(history) if m["role"] == "assistant"), len(history))
+        return [m["content"] for m in history[first:] if m["role"] == "user"]
+
     def feedback(self, requests: list[FeedbackRequest]) -> list[Feedback]:
         out = []
         for r in requests:
             text = self.task.hint(r.problem, r.attempt, r.verdict)
-            # A hint function is code we wrote, but it is still guarded: a leak here would
-            # silently turn RL2F into answer copying.
-            result = self.guard.guard(text, r.problem, regenerate=None, max_tries=1)
-            out.append(Feedback(result.text, result.flagged, list(result.reasons), result.tries))
+            # A hint function is code we wrote, but it is still guarded (here, once, with the
+            # episode's earlier hints): a leak would silently turn RL2F into answer copying.
+            check = self.guard.check(text, r.problem, earlier=self.earlier_feedback(r.history))
+            out.append(Feedback(GENERIC_HINT, True, [check.reason]) if check.leaked else Feedback(text))
         return out
 
 

@@ -1,11 +1,16 @@
-"""Leak guard: which teacher messages give the answer away, and what guard() does then."""
+"""Leak guard: which teacher messages give the answer away, alone or over an episode."""
 from __future__ import annotations
 
 import pytest
 
-from rl2f.leak_guard import GENERIC_HINT, GuardResult, LeakGuard, number_words
+from rl2f.engine import SamplingParams
+from rl2f.engine.types import CompletionOutput, RequestOutput
+from rl2f.episodes import EpisodeRunner
+from rl2f.leak_guard import GENERIC_HINT, LeakGuard, number_words
+from rl2f.model import build_tiny_checkpoint, load_tokenizer
 from rl2f.tasks.base import Problem, Task, Verdict
 from rl2f.tasks.math import MathTask
+from rl2f.teacher import FeedbackRequest, ProgrammaticTeacher
 
 
 class PlainTask(Task):
@@ -111,44 +116,6 @@ def test_judge_is_consulted_after_string_checks():
     assert seen == ["Here is a secret hint.", "Check the tens digit."]
 
 
-class CountingRegenerate:
-    def __init__(self, drafts):
-        self.drafts = list(drafts)
-        self.calls = 0
-
-    def __call__(self):
-        self.calls += 1
-        return self.drafts.pop(0)
-
-
-def test_guard_passes_clean_message_untouched():
-    """A clean message comes back as is, unflagged, without regenerating."""
-    regen = CountingRegenerate(["unused"])
-    r = LeakGuard(MathTask()).guard("Your answer is too low.", P345, regen)
-    assert r == GuardResult("Your answer is too low.", False, 1, [])
-    assert regen.calls == 0
-
-
-def test_guard_regenerates_until_clean():
-    """A leaking message is regenerated; the first clean draft is sent and the flag kept."""
-    regen = CountingRegenerate(["It is 3 4 5.", "Check the tens digit.", "never used"])
-    r = LeakGuard(MathTask()).guard("The answer is 345.", P345, regen, max_tries=3)
-    assert r.text == "Check the tens digit." and r.flagged and not r.replaced
-    assert regen.calls == 2 and r.tries == 3 and len(r.reasons) == 2
-
-
-def test_guard_falls_back_to_generic_hint():
-    """When every draft leaks, regenerate runs max_tries times, the generic hint is sent and
-    every flag is recorded; without a regenerate function the fallback is immediate."""
-    regen = CountingRegenerate(["345"] * 10)
-    r = LeakGuard(MathTask()).guard("The answer is 345.", P345, regen, max_tries=3)
-    assert r.text == GENERIC_HINT and r.flagged and r.replaced
-    assert regen.calls == 3 and r.tries == 4 and len(r.reasons) == 4
-    r = LeakGuard(MathTask()).guard("345", P345, None)
-    assert r.text == GENERIC_HINT and r.tries == 1 and len(r.reasons) == 1
-    assert not LeakGuard(MathTask()).check(GENERIC_HINT, P345).leaked
-
-
 def test_number_words():
     """English number words, checked against hand-written spellings."""
     assert number_words(0) == "zero"
@@ -156,3 +123,131 @@ def test_number_words():
     assert number_words(40) == "forty"
     assert number_words(345) == "three hundred forty five"
     assert number_words(1_002_030) == "one million two thousand thirty"
+
+
+# ---------------------------------------------------------------------------------------
+# The classes of leaks an LLM teacher writes: each class with its positives and, on the same
+# problems, plain-number negatives (numbers from the problem, or numbers that are not the
+# answer, are not leaks).
+
+P76 = Problem("q", "Count the squares in a grid of 4 rows and 19 columns, then add 0.", "76")
+P7 = Problem("s", "Solve 2x + 3 = 17.", "7")
+P345_WORDS = Problem("w", "Three hundred forty-five people came; how many came? Write it in digits.", "345")
+
+CLASSES = {
+    "number_words_any_punctuation": (
+        [(P76, "The answer is seventy-six."), (P345, "It is three hundred forty-five."), (P76, "(seventy-six)"),
+         (P76, "Seventy six!"), (P76, "Think: seventy\u2013six?"), (P345, "Three hundred and forty-five.")],
+        [(P76, "There are four rows and nineteen columns."), (P76, "Seventy-five is too low."),
+         (P345_WORDS, "Re-read the problem: three hundred forty-five people."), (P76, "It is six less than you think.")],
+    ),
+    "leading_dot_decimals": (
+        [(PHALF, "It is .5"), (PHALF, "Think of -.5 without the sign."), (PFRAC, "Roughly .58")],
+        [(PHALF, "There are 2 outcomes of .25 each? No."), (P345, "Version 3.45 of the book.")],
+    ),
+    "fraction_and_percent_words": (
+        [(PHALF, "It is one half."), (PHALF, "Half of the time."), (PHALF, "fifty percent"), (PHALF, "Fifty per cent."),
+         (PHALF, "zero point five"), (Problem("t", "Cut a cake into 3 equal parts. One part?", "1/3"), "a third of it")],
+        [(PHALF, "Think of two outcomes."), (PHALF, "Forty percent is wrong."), (PFRAC, "One third plus one quarter.")],
+    ),
+    "one_digit_words_stated": (
+        [(P7, "It's seven."), (P7, "x equals seven"), (P7, "The answer is seven."), (P7, "(seven)"), (P7, "Seven."),
+         (PNEG, "x equals minus five")],
+        [(P7, "Subtract three from both sides, then divide by two."), (P7, "You made seven mistakes? No, one."),
+         (P7, "The answer has one digit.")],
+    ),
+    "digit_by_digit_and_place_value": (
+        [(P76, "The first digit is 7 and the second digit is 6."), (P76, "7 tens and 6 ones"),
+         (P76, "The tens digit is seven and the units digit is six."), (P345, "3 hundreds, 4 tens and 5 ones."),
+         (P76, "The first digit is 7; the last digit is 6.")],
+        [(P76, "The first digit is 7."), (P76, "The first wrong digit is the tens digit."),
+         (P76, "The first digit is 8 and the second digit is 6."), (P345, "4 tens is right; check the hundreds.")],
+    ),
+    "symbolic_equivalents": (
+        [(PSQRT, r"It equals $\sqrt{12}$."), (PSQRT, r"Try \sqrt{12}."), (PSQRT, "It is about 3.46."),
+         (PSQRT, "Roughly 3.464 in decimals."), (Problem("pi", "Half a turn in radians?", r"\pi"), r"It is $\frac{2\pi}{2}$.")],
+        [(PSQRT, "Factor 12 as 4 times 3."), (PSQRT, r"The square root of 12 is not $\sqrt{3}$."),
+         (PSQRT, "Your 3.5 is too high."), (PSQRT, "Compute 12 first.")],
+    ),
+}
+_CASES = [(c, leak, p, m) for c, (pos, neg) in CLASSES.items() for leak, rows in ((True, pos), (False, neg)) for p, m in rows]
+
+
+@pytest.mark.parametrize("cls,leak,problem,message", _CASES, ids=[f"{c}:{'leak' if l else 'clean'}:{m}" for c, l, _, m in _CASES])
+def test_leak_classes(cls, leak, problem, message):
+    """Each class of leak is flagged, with a reason; its negatives on the same problems pass."""
+    check = LeakGuard(MathTask()).check(message, problem)
+    assert check.leaked is leak, check.reason
+    assert bool(check.reason) is leak
+
+
+def test_cumulative_teacher_text():
+    """One digit per message: each message alone is clean, the second one with the first as
+    `earlier` completes the answer and is flagged; unrelated earlier digits do not."""
+    guard = LeakGuard(MathTask())
+    first, second = "The first digit is 7.", "The second digit is 6."
+    assert not guard.check(first, P76).leaked and not guard.check(second, P76).leaked
+    check = guard.check(second, P76, earlier=[first])
+    assert check.leaked and "across turns" in check.reason
+    assert not guard.check(second, P76, earlier=["The first digit is 8."]).leaked
+    assert not guard.check("Check your work.", P76, earlier=[first, second]).leaked  # nothing new
+
+
+class DigitPerTurnTask(MathTask):
+    """A math task whose hint names one more digit of the answer each turn."""
+
+    def hint(self, problem, attempt, verdict):
+        turn = sum(1 for _ in self.hints_given.setdefault(problem.id, [None])) - 1
+        self.hints_given[problem.id].append(None)
+        ordinal = ["first", "second", "third"][turn]
+        return f"The {ordinal} digit is {problem.answer[turn]}."
+
+    hints_given: dict = {}
+
+
+class WrongAnswers:
+    """An engine whose student always answers 11."""
+
+    def __init__(self, tok):
+        self.tok = tok
+
+    def generate(self, prompts, params, use_adapter=True):
+        params = params if isinstance(params, list) else [params] * len(prompts)
+        outs = []
+        for ids, p in zip(prompts, params):
+            tokens = self.tok.encode("Answer: 11") + [self.tok.stop_ids[0]]
+            outs.append(RequestOutput(str(len(outs)), list(ids), [CompletionOutput(i, "Answer: 11", tokens, [-0.5] * len(tokens), "stop")
+                                                                  for i in range(p.n)]))
+        return outs
+
+
+def test_episode_leaking_one_digit_per_turn_is_flagged(tmp_path):
+    """Through the real EpisodeRunner and ProgrammaticTeacher: the first hint (one digit) is
+    sent, the second (which completes 76 with the first) is flagged and replaced."""
+    tok = load_tokenizer(build_tiny_checkpoint(tmp_path / "tiny"))
+    task = DigitPerTurnTask()
+    task.hints_given = {}
+    runner = EpisodeRunner(task, WrongAnswers(tok), tok, ProgrammaticTeacher(task), SamplingParams(), max_turns=3)
+    (ep,) = runner.run([P76], group_size=1)
+    assert [t.feedback for t in ep.turns] == ["The first digit is 7.", GENERIC_HINT, None]
+    assert [t.leak_flagged for t in ep.turns] == [False, True, False]
+    assert "across turns" in ep.turns[1].leak_reasons[0]
+
+
+def test_programmatic_teacher_passes_earlier_teacher_messages():
+    """`earlier` is the user messages after the first attempt: the problem is not in it."""
+    history = [{"role": "system", "content": "sys"}, {"role": "user", "content": P76.prompt},
+               {"role": "assistant", "content": "Answer: 11"}, {"role": "user", "content": "hint one"},
+               {"role": "assistant", "content": "Answer: 12"}]
+    assert ProgrammaticTeacher.earlier_feedback(history) == ["hint one"]
+    verdict = Verdict(False, "12")
+    seen = []
+
+    class Spy(LeakGuard):
+        def check(self, message, problem, earlier=()):
+            seen.append(list(earlier))
+            return super().check(message, problem, earlier)
+
+    task = MathTask()
+    ProgrammaticTeacher(task, Spy(task)).feedback([FeedbackRequest(P76, "Answer: 12", verdict, history)])
+    assert seen == [["hint one"]]
