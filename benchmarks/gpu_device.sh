@@ -10,5 +10,5 @@ cd "$(dirname "$0")/.."
 python3 -m pip install -q --disable-pip-version-check --no-index --no-deps --no-build-isolation -e . || exit 1
 export PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
-timeout 570 python3 -m benchmarks.gpu_suite --out "$OUT" "$@" 2>&1 | tee "$OUT/gpu_suite.log"
+timeout 470 python3 -m benchmarks.gpu_suite --out "$OUT" "$@" 2>&1 | tee "$OUT/gpu_suite.log"
 exit "${PIPESTATUS[0]}"
