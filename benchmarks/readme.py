@@ -23,7 +23,7 @@ def markdown_table(result: dict) -> str:
             f" ({result.get('date') or env['date']}); shape {', '.join(f'{k}={v}' for k, v in shape.items())}")
     cols = [("provider", "provider", "{}"), ("mode", "mode", "{}"), ("ms", "ms", "{:.3f}"),
             ("speedup_vs_torch", "x eager", "{:.2f}"), ("gbps", "GB/s", "{:.1f}"),
-            ("pct_hbm_peak", "% HBM", "{:.0f}"), ("tflops", "TFLOP/s", "{:.2f}"),
+            ("pct_hbm_peak", "% HBM", "{:.0f}"), ("pct_measured_copy", "% copy", "{:.0f}"), ("tflops", "TFLOP/s", "{:.2f}"),
             ("pct_matmul_peak", "% mm peak", "{:.0f}"), ("peak_extra_mb", "peak extra MiB", "{:.1f}"),
             ("mem_vs_torch", "mem / eager", "{:.3f}")]
     rows = result["results"]
@@ -41,6 +41,8 @@ def markdown_table(result: dict) -> str:
         extra.append(f"measured {peaks['matmul_peak_dtype']} matmul peak "
                      f"{peaks['matmul_peak_tflops']:.2f} TFLOP/s")
     extra.append(f"HBM/memory peak {peaks['hbm_peak_gbps']:.0f} GB/s ({peaks['hbm_peak_source']})")
+    if "measured_copy_gbps" in peaks:
+        extra.append(f"measured copy {peaks['measured_copy_gbps']:.0f} GB/s")
     for name, g in (result.get("goals") or {}).items():
         if isinstance(g, dict) and "goal" in g:
             value = "n/a" if g["value"] is None else f"{g['value']:.3g}"
