@@ -1,8 +1,8 @@
 """Microbenchmark for rl2f.kernels.grpo_token_loss: the clipped GRPO objective per token with
 the k3 KL term and the logged statistics, in one pass.
 
-    python benchmarks/bench_grpo_loss.py                  # GPU: N = 1M tokens
-    python benchmarks/bench_grpo_loss.py --device cpu     # CPU: N = 256k tokens
+    python -m benchmarks.bench_grpo_loss                  # GPU: N = 1M tokens
+    python -m benchmarks.bench_grpo_loss --device cpu     # CPU: N = 256k tokens
 
 Providers: torch (the formula in eager torch, as trainers write it), torch.compile (of the
 same), ours (rl2f dispatcher: Triton on CUDA, torch on CPU). Liger-Kernel's GRPO loss is
@@ -10,15 +10,11 @@ fused with the lm_head matmul (a different op), so it has no per-token counterpa
 Bytes model: forward reads lp, old, ref, advantages (fp32) and the mask (1 byte) and writes
 loss and the saved gradient coefficient; backward reads grad and coefficient, writes grad.
 """
-import os
-import sys
+import torch
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from benchmarks.ops import Case, base_parser, main, shape_argv
 
-import torch  # noqa: E402
-from common import Case, base_parser, main, shape_argv  # noqa: E402
-
-from rl2f.kernels import grpo_token_loss, grpo_token_loss_reference  # noqa: E402
+from rl2f.kernels import grpo_token_loss, grpo_token_loss_reference
 
 
 def build(args) -> Case:

@@ -3,16 +3,23 @@
 Both train a LoRA (r16, alpha 32, all 7 projections) on one checkpoint with the same step:
 `--prompts` prompts x `--group` samples of up to `--new-tokens` tokens at temperature 1,
 single turn (the shape both trainers share), beta 0, clip 0.2 / 0.28, one optimiser step
-per rollout. The reward is a fixed pseudo-random bit of the completion text, so groups have
-variance and no step is skipped. Reported per provider (median over the steps after
-`--warmup`): step time split into rollout / log-prob (forward + loss) / backward /
-optimiser, generated tokens per second of the whole step, and peak memory (GPU:
-max_memory_allocated; CPU: the provider process's peak RSS, each provider in a fresh
-subprocess). TRL runs only where `trl` and `peft` are importable (they are never product
-dependencies: install them in the benchmark's environment).
+per rollout, and the same gradient checkpointing (rl2f turns it on on CUDA only, so TRL
+gets it on CUDA and off on CPU; the result records the setting). The reward is a fixed
+pseudo-random bit of the completion text, so groups have variance and no step is skipped.
 
-    python benchmarks/bench_grpo_step.py                          # CPU: the tiny model
-    python benchmarks/bench_grpo_step.py --configs tiny,1b        # GPU: + a Llama-3.2-1B-shaped model
+Fairness: each provider runs in a fresh subprocess, `--rounds` times, in an order that flips
+each round (rl2f, trl, trl, rl2f, ...), so load that drifts during the run hits both alike.
+Per run (median over the steps after `--warmup`): step time split into rollout / log-prob
+(forward + loss) / backward / optimiser, generated tokens per second of the whole step, and
+peak memory (GPU: max_memory_allocated; CPU: the process's peak RSS). Reported: each
+provider's median and spread over rounds, and `rl2f_vs_trl`, the median, min and max of the
+per-round ratios (throughput: rl2f tokens/s over TRL's; memory: rl2f peak over TRL's).
+TRL runs only where `trl`, `peft` and `datasets` import (never product dependencies: see
+benchmarks/requirements.txt); otherwise it is recorded as skipped.
+
+    python -m benchmarks.bench_grpo_step                          # CPU: the tiny model
+    python -m benchmarks.bench_grpo_step --rounds 5               # the README's CPU numbers
+    python -m benchmarks.bench_grpo_step --configs tiny,1b        # GPU: + a Llama-3.2-1B-shaped model
 
 The last line of output is one JSON object; it is also written to
 benchmarks/results/grpo_step-<device>.json.
@@ -20,24 +27,24 @@ benchmarks/results/grpo_step-<device>.json.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
-import os
-import platform
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 import zlib
 from pathlib import Path
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import LLAMA_1B  # noqa: E402
+import torch
 
-HERE = Path(__file__).resolve().parent
-RESULTS = HERE / "results"
+from benchmarks import harness
+from benchmarks.device import device_slug
+from benchmarks.shapes import LLAMA_1B
+
+# rl2f is imported inside the functions that use it, not at the top, so that TRL's process
+# (whose peak memory is measured) holds none of it.
 PHASES = ("rollout_s", "logprob_s", "backward_s", "optim_s", "step_s")
-
+PROVIDERS = ("rl2f", "trl")
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
@@ -105,7 +112,6 @@ def run_rl2f(args, ckpt: Path) -> list[dict]:
 
 
 def run_trl(args, ckpt: Path) -> list[dict]:
-    import torch
     from datasets import Dataset
     from peft import LoraConfig
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
@@ -170,6 +176,7 @@ def run_trl(args, ckpt: Path) -> list[dict]:
         beta=0.0, epsilon=0.2, epsilon_high=0.28, num_iterations=1, learning_rate=1e-5,
         max_steps=n_steps, logging_steps=1, report_to=[], save_strategy="no", seed=0,
         use_cpu=not gpu, bf16=gpu, gradient_accumulation_steps=1, dataloader_num_workers=0,
+        gradient_checkpointing=gradient_checkpointing(args.device),
     )
     trainer = GRPOTrainer(model=model, reward_funcs=reward, args=config, train_dataset=ds, processing_class=tok,
                           peft_config=LoraConfig(r=16, lora_alpha=32, target_modules=TARGETS, task_type="CAUSAL_LM"),
@@ -181,14 +188,15 @@ def run_trl(args, ckpt: Path) -> list[dict]:
     return steps
 
 
+def gradient_checkpointing(device: str) -> bool:
+    """rl2f's setting (on on CUDA, off elsewhere: rl2f/train), given to TRL too."""
+    return device == "cuda"
+
+
 def peak_mb(device: str) -> float:
-    import resource
-
-    import torch
-
     if device == "cuda":
         return torch.cuda.max_memory_allocated() / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return harness.peak_rss_mb()
 
 
 def summarize(steps: list[dict], warmup: int) -> dict:
@@ -208,85 +216,101 @@ def child(args) -> None:
     print(json.dumps(summarize(steps, args.warmup)))
 
 
-def available(provider: str) -> bool:
+def missing(provider: str) -> str | None:
+    """Why a provider cannot run here, or None."""
     if provider == "rl2f":
-        return True
-    import importlib.util
+        return None
+    absent = [m for m in ("trl", "peft", "datasets") if importlib.util.find_spec(m) is None]
+    return f"not importable: {', '.join(absent)} (pip install -r benchmarks/requirements.txt)" if absent else None
 
-    return all(importlib.util.find_spec(m) is not None for m in ("trl", "peft", "datasets"))
+
+def run_child(provider: str, ckpt: Path, args) -> dict:
+    argv = ["--child", provider, "--ckpt", str(ckpt), "--device", args.device, "--prompts", str(args.prompts),
+            "--group", str(args.group), "--new-tokens", str(args.new_tokens), "--micro-batch",
+            str(args.micro_batch), "--steps", str(args.steps), "--warmup", str(args.warmup)]
+    proc = harness.run_module(argv, env={"PYTHONWARNINGS": "ignore"})
+    if proc.returncode != 0:
+        return {"error": (proc.stderr or proc.stdout)[-2000:]}
+    return harness.last_json(proc.stdout)
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def bench_config(name: str, args) -> dict:
+    """Alternating rounds of every provider on one checkpoint; medians, spreads, ratios."""
+    row: dict = {}
+    providers = []
+    for p in args.providers:
+        if reason := missing(p):
+            row[p] = {"skipped": reason}
+        else:
+            providers.append(p)
+    with tempfile.TemporaryDirectory() as tmp:
+        ckpt = write_checkpoint(Path(tmp) / name, name)
+
+        def one(provider, r):
+            out = run_child(provider, ckpt, args)
+            print(f"{name} round {r + 1} {provider}: {json.dumps(out)[:300]}", flush=True)
+            return out
+
+        runs = harness.alternate(providers, args.rounds, one)
+    for provider, rs in runs.items():
+        ok = [r for r in rs if "error" not in r]
+        if not ok:
+            row[provider] = {"error": rs[-1]["error"]}
+            continue
+        row[provider] = {k: harness.spread([r[k] for r in ok]) for k in (*PHASES, "tokens_per_s", "peak_mem_mb")}
+        row[provider]["gen_tokens_per_step"] = statistics.median(r["gen_tokens_per_step"] for r in ok)
+        row[provider]["rounds"] = ok
+        if len(ok) < len(rs):
+            row[provider]["errors"] = [r["error"] for r in rs if "error" in r]
+    pairs = [(a, b) for a, b in zip(runs.get("rl2f", []), runs.get("trl", [])) if "error" not in a and "error" not in b]
+    if pairs:
+        row["rl2f_vs_trl"] = {
+            "throughput": harness.spread([a["tokens_per_s"] / b["tokens_per_s"] for a, b in pairs]),
+            "step_time": harness.spread([b["step_s"] / a["step_s"] for a, b in pairs]),
+            "memory_ratio": harness.spread([a["peak_mem_mb"] / b["peak_mem_mb"] for a, b in pairs]),
+        }
+    return row
+
+
+def parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--configs", default=None, help="tiny and/or 1b (default: tiny on CPU, tiny,1b on GPU)")
-    ap.add_argument("--providers", default="rl2f,trl")
+    ap.add_argument("--providers", default=",".join(PROVIDERS))
     ap.add_argument("--device", default=None, choices=["cpu", "cuda"])
     ap.add_argument("--prompts", type=int, default=4)
     ap.add_argument("--group", type=int, default=8)
     ap.add_argument("--new-tokens", type=int, default=32)
     ap.add_argument("--micro-batch", type=int, default=32)
-    ap.add_argument("--steps", type=int, default=3)
-    ap.add_argument("--warmup", type=int, default=1)
-    ap.add_argument("--out", default=None)
+    ap.add_argument("--steps", type=int, default=3, help="measured steps per run")
+    ap.add_argument("--warmup", type=int, default=1, help="steps per run before the measured ones")
+    ap.add_argument("--rounds", type=int, default=3, help="runs of each provider, alternating order")
+    ap.add_argument("--out", default=None, help="result file (default benchmarks/results/grpo_step-<device>.json)")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--ckpt", default=None, help=argparse.SUPPRESS)
-    args = ap.parse_args()
-    import torch
+    return ap
 
+
+def main() -> None:
+    args = parser().parse_args()
     args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if args.child:
         return child(args)
-    configs = (args.configs or ("tiny,1b" if args.device == "cuda" else "tiny")).split(",")
-    result = {"bench": "grpo_step", "device": device_desc(args.device), "torch": torch.__version__,
-              "load_avg_1m_at_start": os.getloadavg()[0],
-              "shape": {"prompts": args.prompts, "group": args.group, "new_tokens": args.new_tokens,
-                        "micro_batch": args.micro_batch, "steps": args.steps, "warmup": args.warmup,
-                        "lora": "r16 alpha32, 7 projections", "dtype": "bf16" if args.device == "cuda" else "fp32"},
-              "configs": {}}
-    for name in configs:
-        row = {}
-        with tempfile.TemporaryDirectory() as tmp:
-            ckpt = write_checkpoint(Path(tmp) / name, name)
-            for provider in args.providers.split(","):
-                if not available(provider):
-                    row[provider] = {"skipped": "not importable (pip install trl peft datasets)"}
-                    continue
-                cmd = [sys.executable, __file__, "--child", provider, "--ckpt", str(ckpt), "--device", args.device,
-                       "--prompts", str(args.prompts), "--group", str(args.group), "--new-tokens",
-                       str(args.new_tokens), "--micro-batch", str(args.micro_batch), "--steps", str(args.steps),
-                       "--warmup", str(args.warmup)]
-                env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-                proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
-                if proc.returncode != 0:
-                    row[provider] = {"error": (proc.stderr or proc.stdout)[-2000:]}
-                else:
-                    row[provider] = json.loads(proc.stdout.strip().splitlines()[-1])
-                print(f"{name} {provider}: {json.dumps(row[provider])[:400]}", file=sys.stderr)
-        ours, peer = row.get("rl2f", {}), row.get("trl", {})
-        if "step_s" in ours and "step_s" in peer:
-            row["rl2f_vs_trl"] = {"speedup": peer["step_s"] / ours["step_s"],
-                                  "memory_ratio": ours["peak_mem_mb"] / peer["peak_mem_mb"]}
-        result["configs"][name] = row
-    out = Path(args.out) if args.out else RESULTS / f"grpo_step-{'cpu' if args.device == 'cpu' else slug()}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result))
-
-
-def device_desc(device: str) -> str:
-    import torch
-
-    if device == "cuda":
-        return torch.cuda.get_device_name()
-    return f"CPU {platform.machine()} ({os.cpu_count()} cores, {torch.get_num_threads()} threads)"
-
-
-def slug() -> str:
-    import re
-
-    import torch
-
-    return re.sub(r"[^a-z0-9]+", "-", torch.cuda.get_device_name().lower()).strip("-")
+    args.providers = args.providers.split(",")
+    if unknown := set(args.providers) - set(PROVIDERS):
+        raise SystemExit(f"unknown provider(s) {', '.join(sorted(unknown))} ({', '.join(PROVIDERS)})")
+    device = torch.device(args.device)
+    gc = gradient_checkpointing(args.device)
+    record = harness.result(
+        "grpo_step", device,
+        shape={"prompts": args.prompts, "group": args.group, "new_tokens": args.new_tokens,
+               "micro_batch": args.micro_batch, "steps": args.steps, "warmup": args.warmup,
+               "rounds": args.rounds, "lora": "r16 alpha32, 7 projections",
+               "dtype": "bf16" if args.device == "cuda" else "fp32",
+               "gradient_checkpointing": {"rl2f": gc, "trl": gc}},
+        configs={})
+    for name in (args.configs or ("tiny,1b" if args.device == "cuda" else "tiny")).split(","):
+        record["configs"][name] = bench_config(name, args)
+    harness.write_result(record, args.out or harness.RESULTS / f"grpo_step-{device_slug(device)}.json")
 
 
 if __name__ == "__main__":

@@ -1,10 +1,10 @@
 """Microbenchmark for rl2f.kernels.linear_token_logprobs: log p(target) from hidden states
 and the lm_head weight, without materialising the logits.
 
-    python benchmarks/bench_linear_token_logprobs.py                  # GPU: Gemma 3 12B, bf16
-    python benchmarks/bench_linear_token_logprobs.py --weight-grad    # lm_head trained too
-    python benchmarks/bench_linear_token_logprobs.py --device cpu     # CPU: N=1024 H=256 V=16384
-    python benchmarks/bench_linear_token_logprobs.py --device cpu --memory-only \\
+    python -m benchmarks.bench_linear_token_logprobs                  # GPU: Gemma 3 12B, bf16
+    python -m benchmarks.bench_linear_token_logprobs --weight-grad    # lm_head trained too
+    python -m benchmarks.bench_linear_token_logprobs --device cpu     # CPU: N=1024 H=256 V=16384
+    python -m benchmarks.bench_linear_token_logprobs --device cpu --memory-only \\
         --N 4096 --H 512 --V 65536 --providers torch,ours             # the issue's CPU memory case
 
 The default is a frozen lm_head (gradient for hidden only), the LoRA trainer's case.
@@ -18,15 +18,11 @@ FLOPs model (what the math needs, no recomputation counted): forward 2NVH; backw
 the hidden gradient, plus 2NVH for the weight gradient. TFLOP/s are compared with a bf16
 (or the run's dtype) matmul peak measured in the same run.
 """
-import os
-import sys
+import torch
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from benchmarks.ops import Case, base_parser, find, forced_torch, main, parse_dtype, shape_argv
 
-import torch  # noqa: E402
-from common import Case, base_parser, find, forced_torch, main, parse_dtype, shape_argv  # noqa: E402
-
-from rl2f.kernels import linear_token_logprobs  # noqa: E402
+from rl2f.kernels import linear_token_logprobs
 
 
 def eager(hidden, weight, targets, temperature=1.0, softcap=None):
@@ -112,7 +108,7 @@ def build(args) -> Case:
     )
 
 
-def goals(rows, env, device):
+def goals(rows, peaks, device):
     """GPU: full pass faster than Liger and CCE, >= 60% of the measured matmul peak, peak
     extra memory <= 2% of eager's. CPU: peak extra memory <= 1/8 of eager's."""
     ours, eager_row = find(rows, "ours", "full"), find(rows, "torch", "full")

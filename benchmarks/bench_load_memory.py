@@ -1,29 +1,31 @@
 """Peak resident memory of loading a bf16 checkpoint, relative to the checkpoint's size.
 
-    python benchmarks/bench_load_memory.py                   # 1 GB llama-shaped checkpoint
-    python benchmarks/bench_load_memory.py --size-mb 256 --providers ours
+    python -m benchmarks.bench_load_memory                   # 1 GB llama-shaped checkpoint
+    python -m benchmarks.bench_load_memory --size-mb 256 --providers ours
 
 Writes a random bf16 checkpoint (tensor by tensor, so the writer never holds it whole),
 then for each provider loads it in a fresh Python process and reports the peak RSS increase
-over the process's RSS after imports, divided by the file size. Peak RSS is VmHWM from
-/proc/self/status: `ru_maxrss` would do, but Linux carries it over from the forking parent
-across exec, so a child of a big parent starts with the parent's peak.
+over the process's RSS after imports, divided by the file size (peak RSS: VmHWM, as harness.peak_rss_mb says why).
 - `ours`: `rl2f.model.load_model` (meta init + `readinto` each tensor into its parameter);
 - `safetensors_load_file`: the common path, `safetensors.torch.load_file` then
   `load_state_dict` into an allocated model: two copies.
-The last line of output is one JSON object; results/load_memory-cpu.json keeps a run.
+The last line of output is one JSON object (`--out FILE` also writes it there);
+results/load_memory-cpu.json keeps a run.
 """
 from __future__ import annotations
 
 import argparse
+import gc
 import json
-import resource
 import struct
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
+
+import torch
+
+from benchmarks import harness
+from rl2f import model as m
 
 LAYER_MB = 22.5  # bf16 size of one decoder layer of the shape below
 
@@ -37,16 +39,12 @@ def hf_config(num_layers: int) -> dict:
 
 def write_checkpoint(out: Path, size_mb: float) -> int:
     """A llama-shaped random bf16 checkpoint of about `size_mb` MB; returns the file size."""
-    import torch
-
-    from rl2f.model import CausalLM, parse_hf_config
-
     layers = max(1, round((size_mb - 65.5) / LAYER_MB))  # 65.5 MB: embedding + untied head
     hf = hf_config(layers)
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(json.dumps(hf))
     with torch.device("meta"):
-        shapes = {k: tuple(v.shape) for k, v in CausalLM(parse_hf_config(hf)).state_dict().items()}
+        shapes = {k: tuple(v.shape) for k, v in m.CausalLM(m.parse_hf_config(hf)).state_dict().items()}
     header, offset = {}, 0
     for name, shape in shapes.items():
         n = 2 * torch.Size(shape).numel()
@@ -65,31 +63,12 @@ def write_checkpoint(out: Path, size_mb: float) -> int:
     return (out / "model.safetensors").stat().st_size
 
 
-def peak_rss() -> int:
-    """Bytes: this process's peak resident set size."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return r if sys.platform == "darwin" else r * 1024  # macOS: bytes, Linux: KiB
-
-
 def child(provider: str, path: str) -> None:
     """Runs in a fresh process: load once, print the RSS numbers as JSON."""
-    import gc
-
-    import torch
-
-    import rl2f.model as m
-
     if provider == "safetensors_load_file":
         from safetensors.torch import load_file
     gc.collect()
-    base = peak_rss()
+    base = harness.proc_status_kib("VmHWM:") * 1024
     t0 = time.perf_counter()
     if provider == "ours":
         model = m.load_model(path, dtype=torch.bfloat16)
@@ -97,15 +76,16 @@ def child(provider: str, path: str) -> None:
         model = m.CausalLM(m.read_config(path)).to(torch.bfloat16)
         model.load_state_dict(load_file(str(Path(path) / "model.safetensors")), strict=False)
     seconds = time.perf_counter() - t0
-    peak = peak_rss()
+    peak = harness.proc_status_kib("VmHWM:") * 1024
     n = sum(p.numel() for p in model.parameters())
     print(json.dumps({"baseline_rss": base, "peak_rss": peak, "params": n, "seconds": seconds}))
 
 
 def measure(provider: str, path: Path, file_bytes: int) -> dict:
-    res = subprocess.run([sys.executable, __file__, "--child", provider, str(path)],
-                         capture_output=True, text=True, check=True)
-    r = json.loads(res.stdout.strip().splitlines()[-1])
+    res = harness.run_module(["--child", provider, str(path)])
+    if res.returncode != 0:
+        raise SystemExit(f"{provider} failed:\n{res.stderr[-2000:]}")
+    r = harness.last_json(res.stdout)
     r["peak_increase"] = r["peak_rss"] - r["baseline_rss"]
     r["ratio"] = r["peak_increase"] / file_bytes
     return r
@@ -115,6 +95,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--size-mb", type=float, default=1024)
     ap.add_argument("--providers", default="ours,safetensors_load_file")
+    ap.add_argument("--out", default=None, help="also write the result here (e.g. benchmarks/results/load_memory-cpu.json)")
     ap.add_argument("--child", nargs=2, metavar=("PROVIDER", "PATH"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
@@ -128,9 +109,13 @@ def main() -> None:
             results[provider] = r
             print(f"{provider:>22}: peak RSS +{r['peak_increase'] / 2**20:.0f} MiB for a "
                   f"{size / 2**20:.0f} MiB file (x{r['ratio']:.2f}), {r['seconds']:.2f} s")
-    print(json.dumps({"benchmark": "load_memory", "device": "cpu", "dtype": "bfloat16", "file_bytes": size,
-                      "results": {p: {"ratio": round(r["ratio"], 4), "peak_increase": r["peak_increase"],
-                                      "seconds": round(r["seconds"], 3)} for p, r in results.items()}}))
+    record = harness.result("load_memory", torch.device("cpu"), dtype="bfloat16", file_bytes=size,
+                            results={p: {"ratio": round(r["ratio"], 4), "peak_increase": r["peak_increase"],
+                                         "seconds": round(r["seconds"], 3)} for p, r in results.items()})
+    if args.out:
+        harness.write_result(record, args.out)
+    else:
+        print(json.dumps(record))
 
 
 if __name__ == "__main__":

@@ -1,8 +1,8 @@
 """Microbenchmark for rl2f.kernels.token_logprobs: log softmax(logits / T)[target] per row.
 
-    python benchmarks/bench_token_logprobs.py                 # GPU: Gemma 3 12B case, bf16
-    python benchmarks/bench_token_logprobs.py --device cpu    # CPU: N=1024, V=32768, fp32
-    python benchmarks/bench_token_logprobs.py --providers torch,ours --modes full
+    python -m benchmarks.bench_token_logprobs                 # GPU: Gemma 3 12B case, bf16
+    python -m benchmarks.bench_token_logprobs --device cpu    # CPU: N=1024, V=32768, fp32
+    python -m benchmarks.bench_token_logprobs --providers torch,ours --modes full
 
 Providers: torch (eager: fp32 upcast, log_softmax, gather), torch.compile (of the same),
 ours (the rl2f dispatcher: Triton on CUDA, chunked torch on CPU), ours-torch (the chunked
@@ -10,15 +10,11 @@ torch path forced on a GPU), liger (Liger-Kernel's cross entropy, reduction='non
 when importable). Bytes model: forward reads the logits once; backward reads them again and
 writes the gradient, so full = 3 N V itemsize: GB/s and % of HBM peak are against that.
 """
-import os
-import sys
+import torch
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from benchmarks.ops import Case, base_parser, find, forced_torch, main, parse_dtype, shape_argv
 
-import torch  # noqa: E402
-from common import Case, base_parser, find, forced_torch, main, parse_dtype, shape_argv  # noqa: E402
-
-from rl2f.kernels import token_logprobs, token_logprobs_reference  # noqa: E402
+from rl2f.kernels import token_logprobs, token_logprobs_reference
 
 
 def liger(device, temperature):
@@ -65,7 +61,7 @@ def build(args) -> Case:
     )
 
 
-def goals(rows, env, device):
+def goals(rows, peaks, device):
     """The issue's GPU goals for the full pass: >= 80% of HBM peak and >= 3x eager."""
     if device.type != "cuda":
         return {"status": "the goals are for a GPU; this run is on CPU"}
