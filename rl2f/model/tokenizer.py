@@ -17,6 +17,7 @@ encoding's character offsets (`ChatTemplate.spans`).
 """
 from __future__ import annotations
 
+import functools
 import json
 import random
 from pathlib import Path
@@ -96,6 +97,15 @@ class Tokenizer:
         added = self.backend.get_added_tokens_decoder()
         return tail[0] if tail and tail[0] in added else None
 
+    @functools.cached_property
+    def _untrimmed(self) -> tokenizers.Tokenizer:
+        # The same tokenizer without its post-processor, for offsets: a ByteLevel post-processor with
+        # trim_offsets (GPT-2 style) leaves a token's edge whitespace out of its span. Encoding
+        # without special tokens, a post-processor adds no ids, so the ids are the same.
+        backend = tokenizers.Tokenizer.from_str(self.backend.to_str())
+        backend.post_processor = None
+        return backend
+
     @property
     def vocab_size(self) -> int:
         """Tokens the tokenizer knows, added ones included (a model's embedding may be larger)."""
@@ -125,14 +135,11 @@ class Tokenizer:
         text (what the model must emit to stop); an assistant message owns all it emits after
         its generation prompt (Qwen 3's think block included)."""
         text, regions = self._chat("spans", messages, add_generation_prompt, enable_thinking, variables)
-        enc = self.backend.encode(text, add_special_tokens=False)
-        ids, owner = enc.ids, [-1] * len(enc.ids)
+        ids = self.encode(text)
+        offsets = self._untrimmed.encode(text, add_special_tokens=False).offsets
+        owner = [-1] * len(ids)
         stops = set(self.stop_ids)
-        prev_end = 0
-        for k, (s, e) in enumerate(enc.offsets):
-            # A tokenizer that trims offsets (ByteLevel trim_offsets) leaves a token's leading
-            # whitespace out of its span: give the gap back to the token that holds it.
-            s, prev_end = min(s, prev_end), max(e, prev_end)
+        for k, (s, e) in enumerate(offsets):
             for m, region in enumerate(regions):
                 if region is None:
                     continue

@@ -14,7 +14,7 @@ import re
 from pathlib import Path
 
 import pytest
-from tokenizers import AddedToken, Tokenizer as HFTokenizer, decoders, models, pre_tokenizers, trainers
+from tokenizers import AddedToken, Tokenizer as HFTokenizer, decoders, models, pre_tokenizers, processors, trainers
 
 from rl2f.engine import SamplingParams
 from rl2f.engine.types import CompletionOutput, RequestOutput
@@ -94,7 +94,10 @@ def _checkpoint(name: str, kind: str, root: str) -> Path:
     chat template, special_tokens_map.json, config.json naming the architecture."""
     _, vocab, model_type, template = next(c for c in CHECKPOINTS if c[0] == name)
     d = Path(root) / f"{name}-{kind}"
-    save_tokenizer_files(build_tiny_tokenizer(vocab) if kind == "tiny" else _bpe(vocab), vocab, d)
+    tok = build_tiny_tokenizer(vocab) if kind == "tiny" else _bpe(vocab)
+    if name == "smollm2" and kind == "bpe":  # GPT-2-style: offsets leave out a token's leading whitespace
+        tok.post_processor = processors.ByteLevel(trim_offsets=True)
+    save_tokenizer_files(tok, vocab, d)
     cfg = json.loads((d / "tokenizer_config.json").read_text())
     cfg["chat_template"] = template.read_text(encoding="utf-8")
     if name == "smollm2":  # SmolLM2-Instruct's own special tokens
@@ -158,24 +161,39 @@ def test_ids_equal_transformers(name, kind, checkpoint):
         assert straddling > 0 and piecewise_differs > 0, (straddling, piecewise_differs)
 
 
+def _char_spans(tok, ids, text) -> list[tuple[int, int]]:
+    """Each token's characters in `text`, from the token's own bytes (byte-level vocabularies), not
+    from the encoding's offsets: the reference the owners are checked against."""
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    byte_of = {c: b for b, c in bytes_to_unicode().items()}
+    added = tok.backend.get_added_tokens_decoder()
+    char_at = [i for i, c in enumerate(text) for _ in c.encode("utf-8")] + [len(text)]
+    spans, pos = [], 0
+    for i in ids:
+        piece = added[i].content.encode("utf-8") if i in added else bytes(byte_of[c] for c in tok.id_to_token(i))
+        spans.append((char_at[pos], char_at[pos + len(piece) - 1] + 1))
+        pos += len(piece)
+    assert pos == len(text.encode("utf-8"))
+    return spans
+
+
 @pytest.mark.parametrize("kind", ["tiny", "bpe"])
 @pytest.mark.parametrize("name", [c[0] for c in CHECKPOINTS])
 def test_owners_cover_every_token(name, kind, checkpoint):
-    """Every token has an owner (-1 or a message index); each message's text lies in tokens it owns;
-    no token owned by the template holds a message's characters; an assistant's own tokens end
-    with the end-of-turn token, a stop id."""
+    """Every token has an owner (-1 or a message index); every character of a message lies in a token
+    it owns (or, merged across a boundary, an earlier message's); no template token holds a
+    message's character; an assistant's own tokens end with the end-of-turn token, a stop id."""
     tok = load_tokenizer(checkpoint(name, kind))
     for messages, gen in itertools.product(DIALOGUES, (True, False)):
         ids, owner = tok.render(messages, add_generation_prompt=gen)
         text, regions = tok.chat_template.spans(messages, gen)
-        offsets = tok.backend.encode(text, add_special_tokens=False).offsets
-        assert len(owner) == len(ids) == len(offsets) and set(owner) <= {-1, *range(len(messages))}
-        for m, region in enumerate(regions):
-            a, b = region
-            assert text[a:b].strip() and text[a:b].strip() in tok.decode([i for i, o in zip(ids, owner) if o == m],
-                                                                         skip_special_tokens=False)
-            holders = {o for (s, e), o in zip(offsets, owner) if s < b and e > a}
-            assert holders <= {m, *range(m)}, (m, holders)  # a token straddling two messages is the first's
+        spans = _char_spans(tok, ids, text)
+        assert len(owner) == len(ids) and set(owner) <= {-1, *range(len(messages))}
+        for m, (a, b) in enumerate(regions):
+            assert text[a:b].strip()
+            holders = [o for (s, e), o in zip(spans, owner) if s < b and e > a]
+            assert set(holders) <= {m, *range(m)} and m in holders, (m, holders)
             if messages[m]["role"] == "assistant":
                 assert ids[max(k for k, o in enumerate(owner) if o == m)] in tok.stop_ids
 
@@ -361,6 +379,18 @@ def test_sandbox_and_helpers():
     assert t.text([{"role": "user", "content": "<a & b>"}]) == '{"role": "user", "content": "<a & b>"}|<a & b>|1'
     with pytest.raises(UserError, match="t.jinja: .*underscore"):
         ChatTemplate("{% set ns = namespace(_x=1) %}", "t.jinja").text([{"role": "user", "content": "x"}])
+
+
+def test_block_whitespace_as_transformers(checkpoint):
+    """A template written without `-` whitespace control (indented blocks, a newline after each tag)
+    renders as transformers renders it: trim_blocks and lstrip_blocks on."""
+    template = ("{% for message in messages %}\n    {% if message['role'] == 'user' %}\n<|user|>\n"
+                "    {{ message['content'] }}\n    {% else %}\n<|assistant|>\n{{ message['content'] }}\n"
+                "    {% endif %}\n{% endfor %}\n{% if add_generation_prompt %}\n<|assistant|>\n{% endif %}\n")
+    hf = _hf(checkpoint("qwen2"))
+    for messages in (TURNS[:2], TURNS[:3]):
+        assert ChatTemplate(template, "t.jinja").text(messages) == hf.apply_chat_template(
+            messages, chat_template=template, tokenize=False, add_generation_prompt=True)
 
 
 # --------------------------------------------------------------------------------------
