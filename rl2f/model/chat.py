@@ -105,7 +105,7 @@ class ChatTemplate:
     # ------------------------------------------------------------------ jinja
 
     def _render(self, messages, add_generation_prompt, variables) -> str:
-        template = self._template()
+        template = self.compile()
         # As transformers: messages are plain dicts; tools and documents are passed, as None.
         context = {**self.variables, **variables, "messages": [dict(m) for m in messages], "tools": None,
                    "documents": None, "add_generation_prompt": add_generation_prompt}
@@ -115,7 +115,8 @@ class ChatTemplate:
             raise UserError(f"{self.origin}: the chat template cannot render this dialogue "
                             f"({type(e).__name__}: {e})") from None
 
-    def _template(self):
+    def compile(self):
+        """The compiled template (compiled once); a syntax error is a UserError naming the file."""
         if self._compiled is None:
             try:
                 import jinja2  # lazy: keeps `rl2f --help` fast

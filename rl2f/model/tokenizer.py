@@ -76,11 +76,15 @@ class Tokenizer:
             self.pad_id = self.eos_id  # padding is masked out; any real id serves
         self._chat_error = None
         self.eot_id = self._id(names["eot"])
-        if "eot" not in (tokens or {}):
+        try:
+            chat_template.compile()
+        except UserError as e:
+            self._chat_error = str(e)
+        if self._chat_error is None and "eot" not in (tokens or {}):
             try:
                 self.eot_id = self._template_turn_end() or self.eot_id
-            except UserError as e:
-                self._chat_error = str(e)
+            except UserError:  # a template that refuses the probe exchange: the family's end-of-turn token
+                pass
         stops = [self.eot_id, self.eos_id, *(self._id(t) for t in STOP_TOKENS[family]), *extra_stop_ids]
         self.stop_ids = list(dict.fromkeys(i for i in stops if i is not None))
 

@@ -11,6 +11,8 @@ import itertools
 import json
 import random
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -474,3 +476,12 @@ def test_drift_from_a_merge_across_the_generation_prompt(checkpoint):
     runner = EpisodeRunner(task, SampledIdsEngine(tok, text, tok.encode), tok, make_teacher("retry", task),
                            SamplingParams(), max_turns=2)
     assert summarize(runner.run(task.problems(2, split="train")), 2, tokenizer=tok)["retokenization_drift"] == 1.0
+
+
+def test_jinja2_is_imported_only_to_render():
+    """`rl2f --help` stays fast: the CLI, the tokenizer and the chat module import jinja2 only when a
+    template is first rendered."""
+    code = ("import sys, rl2f.cli.main, rl2f.model.tokenizer, rl2f.model.chat; assert 'jinja2' not in sys.modules; "
+            "from rl2f.model.chat import builtin_template; builtin_template('qwen2').text([{'role': 'user', "
+            "'content': 'x'}]); assert 'jinja2' in sys.modules")
+    subprocess.run([sys.executable, "-c", code], check=True)
