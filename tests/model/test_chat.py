@@ -485,3 +485,41 @@ def test_jinja2_is_imported_only_to_render():
             "from rl2f.model.chat import builtin_template; builtin_template('qwen2').text([{'role': 'user', "
             "'content': 'x'}]); assert 'jinja2' in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_llama_model_with_chatml_plays_an_episode(checkpoint, tmp_path):
+    """The real path for a SmolLM2-shaped checkpoint: a Llama-architecture model whose tokenizer and
+    template are ChatML loads, generates with the built-in engine, and its episode's trained
+    student ids are the engine's sampled ids, each attempt closed by <|im_end|>."""
+    from rl2f.engine import BuiltinEngine
+    from rl2f.model import load_model
+    from rl2f.model.tiny import build_tiny_model, write_checkpoint
+    from rl2f.model.tokenizer import tiny_special_ids
+
+    d = tmp_path / "smol"
+    d.mkdir()
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        (d / name).write_bytes((checkpoint("smollm2") / name).read_bytes())
+    tok = load_tokenizer(checkpoint("smollm2"))
+    hf, model = build_tiny_model("llama", tok.vocab_size, **tiny_special_ids(tok.backend, "qwen2"))
+    write_checkpoint(d, hf, model)
+    model, tok = load_model(d), load_tokenizer(d)
+    assert tok.family == "llama" and tok.stop_ids[0] == tok.token_to_id("<|im_end|>")
+    task = get_task("secret")
+    sampled = []
+
+    class Recording(BuiltinEngine):
+        def generate(self, prompts, params, use_adapter=True):
+            outs = super().generate(prompts, params, use_adapter)
+            sampled.extend(list(c.token_ids) for o in outs for c in o.outputs)
+            return outs
+
+    runner = EpisodeRunner(task, Recording(model, tok), tok, make_teacher("programmatic", task),
+                           SamplingParams(max_tokens=6, seed=0), max_turns=2)
+    (ep,) = runner.run(task.problems(1, split="train"))
+    seq = episode_sequence(ep)
+    assert [i for i, m in zip(seq.token_ids, seq.loss_mask) if m] == [i for ids in sampled for i in ids]
+    im_end = tok.token_to_id("<|im_end|>")
+    for t in range(len(ep.turns)):  # sampled <|im_end|>, or the one appended to an attempt cut at max_tokens
+        last = max(k for k, (r, u) in enumerate(zip(ep.token_roles, ep.token_turns)) if r == Role.STUDENT and u == t)
+        assert im_end in ep.token_ids[last:last + 2]
