@@ -113,7 +113,7 @@ class ChatTemplate:
             return template.render(**context)
         except Exception as e:  # the template is the checkpoint's code: any failure is its message
             raise UserError(f"{self.origin}: the chat template cannot render this dialogue "
-                            f"({type(e).__name__}: {e})") from None
+                            f"({type(e).__name__}: {_one_line(e)})") from None
 
     def compile(self):
         """The compiled template (compiled once); a syntax error is a UserError naming the file."""
@@ -127,7 +127,7 @@ class ChatTemplate:
                 self._compiled = _environment().from_string(self.source)
             except jinja2.TemplateSyntaxError as e:
                 raise UserError(f"{self.origin}: the chat template is not valid Jinja "
-                                f"(line {e.lineno}: {e.message})") from None
+                                f"(line {e.lineno}: {_one_line(e.message)})") from None
         return self._compiled
 
 
@@ -138,6 +138,10 @@ def builtin_template(family: str, variables: dict | None = None, why: str = "") 
         raise UserError(f"chat template: no built-in template for family {family!r} (known: {', '.join(FAMILIES)})")
     path = TEMPLATE_DIR / f"{family}.jinja"
     return ChatTemplate(path.read_text(encoding="utf-8"), f"{path}{why}", variables)
+
+
+def _one_line(message) -> str:
+    return " ".join(str(message).split())
 
 
 _ENV = None

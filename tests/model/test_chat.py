@@ -333,7 +333,7 @@ def test_older_release_templates(family, variant, checkpoint, tmp_path):
 @pytest.mark.parametrize("where,template,match", [
     ("tokenizer_config.json", "{% for m in messages %}{{ m['content'] }}", r"not valid Jinja \(line 1: .*endfor"),
     ("chat_template.jinja", "{{ messages[0]['content'] }\n", r"not valid Jinja \(line 1"),
-    ("tokenizer_config.json", "{% if messages[0]['role'] == 'system' %}{{ raise_exception('System role not "
+    ("tokenizer_config.json", "{% if messages[0]['role'] == 'system' %}{{ raise_exception('System role not\\n"
      "supported') }}{% endif %}{{ messages[0]['content'] }}", r"cannot render.*System role not supported"),
 ])
 def test_unrenderable_template_is_one_user_error_naming_the_file(where, template, match, checkpoint, tmp_path):
