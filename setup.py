@@ -18,6 +18,7 @@ setup(
         "rl2f.cli",
     ],
     package_dir={"rl2f": "rl2f", "rl2f.kernels": "kernels", "rl2f.cli": "cli"},
+    package_data={"rl2f.model": ["templates/*.jinja"]},
     install_requires=[
         "torch>=2.4",
         "triton>=3.0; platform_system == 'Linux'",
@@ -27,6 +28,7 @@ setup(
         "sympy>=1.12",
         "math-verify==0.9.0",  # math answer equivalence (pulls latex2sympy2_extended, antlr4 runtime)
         "click>=8.1",
+        "jinja2>=3.1.6",  # chat templates; 3.1.6 fixes sandbox escapes (transformers requires it too)
         "tomli>=2.0; python_version < '3.11'",
     ],
     extras_require={

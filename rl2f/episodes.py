@@ -268,8 +268,12 @@ def hash_id(text: str) -> int:
 # Summary
 
 
-def summarize(episodes: Iterable[Episode], max_turns: int, seconds: float | None = None) -> dict:
-    """Problems, episodes, acc@1, acc@T (per episode), leak rate and student tokens/s."""
+def summarize(episodes: Iterable[Episode], max_turns: int, seconds: float | None = None, tokenizer=None) -> dict:
+    """Problems, episodes, acc@1, acc@T (per episode), leak rate and student tokens/s; with the
+    run's tokenizer also `retokenization_drift`, the share of episodes whose ids (the student's
+    sampled ids, the template's ids around them) are not what the chat template gives for the
+    dialogue's text rendered whole: such an episode trains on a sequence the served model, fed
+    the same conversation as text, would not see."""
     episodes = list(episodes)
     n = len(episodes)
     solved = [e.solved_at for e in episodes]
@@ -283,6 +287,12 @@ def summarize(episodes: Iterable[Episode], max_turns: int, seconds: float | None
         "leak_rate": sum(t.leak_flagged for t in feedback_turns) / len(feedback_turns) if feedback_turns else 0.0,
         "student_tokens": student_tokens,
     }
+    if tokenizer is not None:
+        # Drift: the episode's ids are not a prefix of the whole rendering (which may add template
+        # text after the last end-of-turn token, e.g. ChatML's newline).
+        drifted = sum(tokenizer.apply_chat(e.messages, add_generation_prompt=False)[: len(e.token_ids)] != e.token_ids
+                      for e in episodes)
+        out["retokenization_drift"] = drifted / n if n else 0.0
     if seconds:
         out["tokens_per_s"] = student_tokens / seconds
     return out

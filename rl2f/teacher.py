@@ -123,9 +123,16 @@ class LLMTeacher:
 
 def feedback_turn_tokens(tokenizer, feedback: str) -> tuple[list[int], list[int]]:
     """The tokens that follow a closed student turn: the teacher's (user) turn holding
-    `feedback` and the next generation prompt. Returns (ids, owner) with owner 1 for the
-    feedback's own tokens (its closing end-of-turn token included) and 0 for template tokens.
-    Found by rendering a probe dialogue, so every chat format is handled by its renderer."""
+    `feedback` and the next generation prompt, as the chat template renders and encodes them.
+    Returns (ids, owner) with owner 1 for the feedback's own tokens (its closing end-of-turn
+    token included) and 0 for template tokens.
+
+    The student's turn stays its sampled ids (never a re-tokenisation of its text); these are
+    appended after its end-of-turn token. They are the ids of the whole dialogue rendered and
+    encoded at once: the end-of-turn token is an added token, which no merge crosses, and what
+    a template writes after a closed assistant turn does not depend on the turns before it, so a
+    probe history stands in for the real one. Where a re-rendered episode still differs, the
+    episode summary counts it (`retokenization_drift`)."""
     probe = [{"role": "user", "content": "x"}, {"role": "assistant", "content": "y"}, {"role": "user", "content": feedback}]
     ids, owner = tokenizer.render(probe, add_generation_prompt=True)
     close = max(i for i, m in enumerate(owner) if m == 1)  # the student's end-of-turn token

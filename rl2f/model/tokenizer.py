@@ -1,5 +1,6 @@
 """Tokenizer: a Hugging Face tokenizer.json read with `tokenizers`, plus the family's special
-tokens and chat format; and the tiny tokenizer the CPU default and the tests train at run time.
+tokens and the checkpoint's chat template; and the tiny tokenizer the CPU default and the tests
+train at run time.
 
     tok = load_tokenizer("path/to/checkpoint")     # tokenizer.json + config.json (+ optional configs)
     ids = tok.apply_chat(messages)                  # prompt ids, ending in the generation prompt
@@ -7,10 +8,16 @@ tokens and chat format; and the tiny tokenizer the CPU default and the tests tra
 
 Special tokens come, first found wins, from tokenizer_config.json, special_tokens_map.json,
 generation_config.json, config.json, then the family's defaults. `stop_ids` is every id that
-ends an assistant turn: the family's end-of-turn token, eos, and the eos ids of the configs.
+ends an assistant turn: the token the chat template closes an assistant turn with, eos, the
+family's end-of-turn tokens, and the eos ids of the configs.
+
+A dialogue is rendered to text by its chat template and encoded once, as transformers'
+`apply_chat_template(tokenize=True)` does; which message each token belongs to comes from the
+encoding's character offsets (`ChatTemplate.spans`).
 """
 from __future__ import annotations
 
+import functools
 import json
 import random
 from pathlib import Path
@@ -19,7 +26,7 @@ import tokenizers
 from tokenizers import AddedToken, Regex, decoders, models, pre_tokenizers, processors, trainers
 
 from rl2f.errors import UserError
-from rl2f.model.chat import CHAT_TOKENS, OFFICIAL_TEMPLATES, ChatFormat, chat_format_for
+from rl2f.model.chat import ChatTemplate, builtin_template
 
 MODEL_TYPES = {"llama": "llama", "qwen2": "qwen2", "qwen3": "qwen3", "gemma3": "gemma3", "gemma3_text": "gemma3"}
 
@@ -40,38 +47,68 @@ STOP_TOKENS = {
 
 
 class Tokenizer:
-    """A `tokenizers.Tokenizer` with the family's special tokens and chat format.
+    """A `tokenizers.Tokenizer` with the family's special tokens and a chat template.
 
-    `tokens` overrides the family defaults by name (bos / eos / pad / eot, a token string or None).
-    A tokenizer whose checkpoint has an unusable chat template still encodes and decodes;
-    `apply_chat` / `render` then raise the UserError saying why."""
+    `tokens` overrides the family defaults by name (bos / eos / pad / eot, a token string or None);
+    without an `eot` there, the end-of-turn token is the one the chat template closes an
+    assistant turn with. `chat_template` defaults to the family's built-in template. A
+    tokenizer whose template cannot be compiled still encodes and decodes; `apply_chat` /
+    `render` then raise the UserError naming the template's file."""
 
     def __init__(self, backend: tokenizers.Tokenizer, family: str, tokens: dict | None = None,
-                 extra_stop_ids=(), chat_format: ChatFormat | None = None, chat_error: str | None = None,
-                 source: str = "tokenizer"):
+                 extra_stop_ids=(), chat_template: ChatTemplate | None = None, source: str = "tokenizer"):
         if family not in FAMILY_TOKENS:
             raise UserError(f"{source}: unknown family {family!r} (known: {', '.join(FAMILY_TOKENS)})")
         self.backend = backend
         self.family = family
         self.source = source
-        tokens = {**FAMILY_TOKENS[family], **(tokens or {})}
-        self.bos_id = self._id(tokens["bos"])
-        self.eos_id = self._id(tokens["eos"])
+        names = {**FAMILY_TOKENS[family], **(tokens or {})}
+        if chat_template is None:  # the template sees the special tokens as transformers passes them
+            chat_template = builtin_template(family, {f"{k}_token": names[k] for k in ("bos", "eos", "pad")
+                                                      if names[k] is not None})
+        self.chat_template = chat_template
+        self.bos_id = self._id(names["bos"])
+        self.eos_id = self._id(names["eos"])
         if self.eos_id is None:
-            raise UserError(f"{source}: eos token {tokens['eos']!r} is not in the vocabulary")
-        self.eot_id = self._id(tokens["eot"])
-        pad = self._id(tokens["pad"])
-        self.pad_id = self.eos_id if pad is None else pad  # padding is masked out; any real id serves
+            raise UserError(f"{source}: eos token {names['eos']!r} is not in the vocabulary")
+        self.pad_id = self._id(names["pad"])
+        if self.pad_id is None:
+            self.pad_id = self.eos_id  # padding is masked out; any real id serves
+        self._chat_error = None
+        self.eot_id = self._id(names["eot"])
+        try:
+            chat_template.compile()
+        except UserError as e:
+            self._chat_error = str(e)
+        if self._chat_error is None and "eot" not in (tokens or {}):
+            try:
+                self.eot_id = self._template_turn_end() or self.eot_id
+            except UserError:  # a template that refuses the probe exchange: the family's end-of-turn token
+                pass
         stops = [self.eot_id, self.eos_id, *(self._id(t) for t in STOP_TOKENS[family]), *extra_stop_ids]
         self.stop_ids = list(dict.fromkeys(i for i in stops if i is not None))
-        self.chat_format = chat_format if chat_format is not None else chat_format_for(family)
-        missing = [t for t in CHAT_TOKENS[family] if backend.encode(t, add_special_tokens=False).ids != [self._id(t)]]
-        if chat_error is None and missing:
-            chat_error = f"{source}: the {family} chat format needs {', '.join(missing)} as single added tokens"
-        self._chat_error = chat_error
 
     def _id(self, token: str | None) -> int | None:
         return None if token is None else self.backend.token_to_id(token)
+
+    def _template_turn_end(self) -> int | None:
+        """The added token the chat template writes right after an assistant's content, if any."""
+        text, regions = self.chat_template.spans([{"role": "user", "content": "x"},
+                                                  {"role": "assistant", "content": "y"}])
+        if regions[1] is None:
+            return None
+        tail = self.backend.encode(text[regions[1][1]:], add_special_tokens=False).ids
+        added = self.backend.get_added_tokens_decoder()
+        return tail[0] if tail and tail[0] in added else None
+
+    @functools.cached_property
+    def _untrimmed(self) -> tokenizers.Tokenizer:
+        # The same tokenizer without its post-processor, for offsets: a ByteLevel post-processor with
+        # trim_offsets (GPT-2 style) leaves a token's edge whitespace out of its span. Encoding
+        # without special tokens, a post-processor adds no ids, so the ids are the same.
+        backend = tokenizers.Tokenizer.from_str(self.backend.to_str())
+        backend.post_processor = None
+        return backend
 
     @property
     def vocab_size(self) -> int:
@@ -91,26 +128,45 @@ class Tokenizer:
     def decode(self, ids, skip_special_tokens: bool = True) -> str:
         return self.backend.decode(list(ids), skip_special_tokens=skip_special_tokens)
 
-    def render(self, messages, add_generation_prompt: bool = False, enable_thinking: bool = True):
+    def render(self, messages, add_generation_prompt: bool = False, enable_thinking: bool | None = None,
+               **variables):
         """(ids, owner): the dialogue's ids exactly as `apply_chat` gives them, and per token the index
         of the message it belongs to, -1 for template text (role headers, bos, separators).
 
-        A message owns its content and its closing end-of-turn token (what the model must emit to
-        stop); Gemma's system text, folded into the first user turn, stays the system message's."""
-        if self._chat_error is not None:
-            raise UserError(self._chat_error)
-        ids: list[int] = []
-        owner: list[int] = []
-        for seg in self.chat_format.segments(messages, add_generation_prompt, enable_thinking):
-            seg_ids = self.encode(seg.text)
-            ids += seg_ids
-            owner += [seg.owner] * len(seg_ids)
+        A token belongs to the first message whose characters it overlaps (as transformers'
+        assistant mask counts a token that overlaps a span), so a token merged across a
+        boundary is the message's. A message also owns the end-of-turn token right after its
+        text (what the model must emit to stop); an assistant message owns all it emits after
+        its generation prompt (Qwen 3's think block included)."""
+        text, regions = self._chat("spans", messages, add_generation_prompt, enable_thinking, variables)
+        ids = self.encode(text)
+        offsets = self._untrimmed.encode(text, add_special_tokens=False).offsets
+        owner = [-1] * len(ids)
+        stops = set(self.stop_ids)
+        for k, (s, e) in enumerate(offsets):
+            for m, region in enumerate(regions):
+                if region is None:
+                    continue
+                a, b = region
+                if s < b and e > a or (s == b and ids[k] in stops):
+                    owner[k] = m
+                    break
         return ids, owner
 
-    def apply_chat(self, messages, add_generation_prompt: bool = True, enable_thinking: bool = True) -> list[int]:
-        """Prompt ids for a dialogue, as the family's official chat template tokenizes it.
-        enable_thinking=False is Qwen 3's switch (an empty think block closes the prompt)."""
-        return self.render(messages, add_generation_prompt, enable_thinking)[0]
+    def apply_chat(self, messages, add_generation_prompt: bool = True, enable_thinking: bool | None = None,
+                   **variables) -> list[int]:
+        """Prompt ids for a dialogue: the chat template's text encoded once, as
+        `apply_chat_template(tokenize=True)` gives them. enable_thinking is Qwen 3's switch (False:
+        an empty think block closes the prompt); None leaves it to the template. Other keyword
+        arguments are template variables (e.g. Llama 3.1's date_string)."""
+        return self.encode(self._chat("text", messages, add_generation_prompt, enable_thinking, variables))
+
+    def _chat(self, how, messages, add_generation_prompt, enable_thinking, variables):
+        if self._chat_error is not None:
+            raise UserError(self._chat_error)
+        if enable_thinking is not None:
+            variables = {**variables, "enable_thinking": enable_thinking}
+        return getattr(self.chat_template, how)(messages, add_generation_prompt, **variables)
 
     def __repr__(self):
         return f"Tokenizer(family={self.family!r}, vocab_size={self.vocab_size}, source={self.source!r})"
@@ -159,16 +215,24 @@ def _chat_template(path: Path, tok_cfg: dict) -> tuple[str | None, str]:
     jinja = path / "chat_template.jinja"
     if jinja.is_file():
         return jinja.read_text(encoding="utf-8"), str(jinja)
-    template = tok_cfg.get("chat_template")
+    template, source = tok_cfg.get("chat_template"), path / "tokenizer_config.json"
     if template is None and (path / "chat_template.json").is_file():
-        template = _read_json(path / "chat_template.json").get("chat_template")
+        source = path / "chat_template.json"
+        template = _read_json(source).get("chat_template")
     if isinstance(template, list):  # named templates: [{"name": "default", "template": ...}, ...]
         template = next((t.get("template") for t in template if t.get("name") == "default"), None)
-    return template, str(path / "tokenizer_config.json")
+    if template is not None and not isinstance(template, str):
+        raise UserError(f"{source}: chat_template must be a string (or a list of named templates)")
+    return template, str(source)
+
+
+# The special-token variables transformers hands a chat template (its `special_tokens_map`).
+TEMPLATE_TOKENS = ("bos", "eos", "unk", "sep", "pad", "cls", "mask")
 
 
 def load_tokenizer(path, family: str | None = None) -> Tokenizer:
-    """Reads path/tokenizer.json; the family from path/config.json `model_type` unless given."""
+    """Reads path/tokenizer.json; the family from path/config.json `model_type` unless given; the chat
+    template from the checkpoint, else the family's built-in one."""
     path = Path(path)
     if path.is_file() and path.name == "tokenizer.json":
         path = path.parent
@@ -182,13 +246,14 @@ def load_tokenizer(path, family: str | None = None) -> Tokenizer:
     family = family or _family(path)
 
     # Later sources fill only what earlier ones leave unsaid; a key present as null (Qwen's bos) counts.
-    tokens: dict = {}
     tok_cfg = _read_json(path / "tokenizer_config.json") if (path / "tokenizer_config.json").is_file() else {}
     stmap = _read_json(path / "special_tokens_map.json") if (path / "special_tokens_map.json").is_file() else {}
+    named: dict = {}  # what the tokenizer files themselves say: the template's variables
     for src in (tok_cfg, stmap):
-        for name in ("bos", "eos", "pad"):
-            if name not in tokens and f"{name}_token" in src:
-                tokens[name] = _token_str(src[f"{name}_token"])
+        for name in TEMPLATE_TOKENS:
+            if name not in named and f"{name}_token" in src:
+                named[name] = _token_str(src[f"{name}_token"])
+    tokens = {k: named[k] for k in ("bos", "eos", "pad") if k in named}
     extra_stop: list[int] = []
     for name in ("generation_config.json", "config.json"):
         if not (path / name).is_file():
@@ -202,13 +267,16 @@ def load_tokenizer(path, family: str | None = None) -> Tokenizer:
             if key not in tokens and ids:
                 tokens[key] = backend.id_to_token(ids[0])
 
-    template, template_source = _chat_template(path, tok_cfg)
-    chat_format, chat_error = None, None
-    try:
-        chat_format = chat_format_for(family, template, template_source)
-    except UserError as e:
-        chat_error = str(e)
-    return Tokenizer(backend, family, tokens, extra_stop, chat_format, chat_error, source=str(path))
+    template, origin = _chat_template(path, tok_cfg)
+    variables = {f"{k}_token": v for k, v in named.items() if v is not None}
+    if template is None:
+        defaults = {**FAMILY_TOKENS[family], **tokens}
+        variables = {**{f"{k}_token": defaults[k] for k in ("bos", "eos", "pad") if defaults[k] is not None},
+                     **variables}
+        chat_template = builtin_template(family, variables, why=f" (built in: {path} has no chat_template)")
+    else:
+        chat_template = ChatTemplate(template, origin, variables)
+    return Tokenizer(backend, family, tokens, extra_stop, chat_template, source=str(path))
 
 
 # --------------------------------------------------------------------------- the tiny tokenizer
@@ -294,10 +362,10 @@ def build_tiny_tokenizer(family: str = "gemma3", seed: int = 0) -> tokenizers.To
     return tok
 
 
-def save_tokenizer_files(tokenizer: tokenizers.Tokenizer, family: str, out_dir) -> Path:
-    """Writes tokenizer.json, tokenizer_config.json (special tokens and the family's official
-    chat_template, so transformers' AutoTokenizer loads it and applies the template) and
-    special_tokens_map.json into out_dir."""
+def save_tokenizer_files(tokenizer: tokenizers.Tokenizer, family: str, out_dir, with_template: bool = True) -> Path:
+    """Writes tokenizer.json, tokenizer_config.json (special tokens and, unless with_template=False as
+    for a base checkpoint, the family's official chat_template, so transformers' AutoTokenizer
+    loads it and applies the template) and special_tokens_map.json into out_dir."""
     if family not in FAMILY_TOKENS:
         raise UserError(f"save_tokenizer_files: unknown family {family!r} (known: {', '.join(FAMILY_TOKENS)})")
     out = Path(out_dir)
@@ -309,8 +377,10 @@ def save_tokenizer_files(tokenizer: tokenizers.Tokenizer, family: str, out_dir) 
     special = {f"{k}_token": v for k, v in names.items() if k in ("bos", "eos", "pad") and v is not None}
     if family == "gemma3":
         special["unk_token"] = "<unk>"
-    config = {"tokenizer_class": "PreTrainedTokenizerFast", **special, "chat_template": OFFICIAL_TEMPLATES[family],
+    config = {"tokenizer_class": "PreTrainedTokenizerFast", **special,
               "clean_up_tokenization_spaces": False, "model_max_length": 131072}
+    if with_template:
+        config["chat_template"] = builtin_template(family).source
     if family in ("qwen2", "qwen3"):
         config["bos_token"] = None
     for name, obj in (("tokenizer_config.json", config), ("special_tokens_map.json", special)):

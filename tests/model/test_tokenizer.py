@@ -146,8 +146,8 @@ def _write(path: Path, text: str):
 
 def test_errors_name_the_file(tiny, tmp_path):
     """Missing tokenizer.json, corrupt JSON, a missing config.json and an unknown model_type raise
-    UserError naming the file; a checkpoint whose chat template is another layout still encodes, and
-    apply_chat then says why it cannot format."""
+    UserError naming the file; a checkpoint's chat template of another layout than its family's
+    is used as written."""
     with pytest.raises(UserError, match=r"tokenizer\.json: not found"):
         load_tokenizer(tmp_path)
     _write(tmp_path / "tokenizer.json", "{not json")
@@ -166,13 +166,9 @@ def test_errors_name_the_file(tiny, tmp_path):
     _write(tmp_path / "tokenizer_config.json", "[")
     with pytest.raises(UserError, match=r"tokenizer_config\.json: not valid JSON"):
         load_tokenizer(tmp_path)
-    _write(tmp_path / "tokenizer_config.json", json.dumps({"chat_template": "{{ messages[0]['content'] }}"}))
+    # A template of any layout is the checkpoint's own: it is rendered as written (broken ones: test_chat).
+    _write(tmp_path / "tokenizer_config.json", json.dumps({"chat_template": "[{{ messages[0]['content'] }}]"}))
     tok = load_tokenizer(tmp_path)
-    assert tok.decode(tok.encode("12 + 3")) == "12 + 3"
-    with pytest.raises(UserError, match=r"tokenizer_config\.json: the chat_template does not use <\|im_start\|>"):
-        tok.apply_chat([{"role": "user", "content": "hi"}])
+    assert tok.apply_chat([{"role": "user", "content": "12 + 3"}]) == tok.encode("[12 + 3]")
     with pytest.raises(UserError, match="unknown family"):
         Tokenizer(tiny["qwen2"], "mistral")
-    with pytest.raises(UserError, match="needs <bos>, <start_of_turn>, <end_of_turn>"):  # qwen vocabulary, gemma layout
-        Tokenizer(tiny["qwen2"], "gemma3", {"eos": "<|im_end|>", "bos": None, "eot": None}).apply_chat(
-            [{"role": "user", "content": "hi"}])
