@@ -60,7 +60,8 @@ def generate(config_path, overrides, out, adapter, split, n_problems, skip_bad):
             new.extend(batch)
     seconds = time.perf_counter() - start
     ids = {p.id for p in problems}
-    summary = summarize([e for e in read_episodes(out) if e.problem_id in ids], runner.max_turns)
+    summary = summarize([e for e in read_episodes(out) if e.problem_id in ids], runner.max_turns,
+                        tokenizer=run.tokenizer)
     summary["new_episodes"] = len(new)
     summary["tokens_per_s"] = round(summarize(new, 1)["student_tokens"] / seconds, 1) if new else 0.0
     if getattr(run.task, "skipped", 0):
