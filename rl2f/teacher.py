@@ -16,6 +16,7 @@ one engine call.
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 
 from rl2f.leak_guard import GENERIC_HINT, LeakGuard
@@ -133,10 +134,17 @@ def feedback_turn_tokens(tokenizer, feedback: str) -> tuple[list[int], list[int]
     a template writes after a closed assistant turn does not depend on the turns before it, so a
     probe history stands in for the real one. Where a re-rendered episode still differs, the
     episode summary counts it (`retokenization_drift`)."""
+    ids, owner = _feedback_turn_tokens(tokenizer, feedback)
+    return list(ids), list(owner)
+
+
+@functools.lru_cache(maxsize=8192)
+def _feedback_turn_tokens(tokenizer, feedback: str) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    # Two template renders per call (~2.5 ms): programmatic hints repeat, so remember them.
     probe = [{"role": "user", "content": "x"}, {"role": "assistant", "content": "y"}, {"role": "user", "content": feedback}]
     ids, owner = tokenizer.render(probe, add_generation_prompt=True)
     close = max(i for i, m in enumerate(owner) if m == 1)  # the student's end-of-turn token
-    return ids[close + 1 :], [1 if m == 2 else 0 for m in owner[close + 1 :]]
+    return tuple(ids[close + 1 :]), tuple(1 if m == 2 else 0 for m in owner[close + 1 :])
 
 
 class SelfCritiqueTeacher:
