@@ -10,8 +10,8 @@ reports as active, not assumed).
 """
 import json
 import os
-import signal
 import socket
+import stat
 import subprocess
 import sys
 import time
@@ -264,6 +264,251 @@ for attempt in range(3):
             listener.accept()
     finally:
         listener.close()
+
+
+@pytest.mark.parametrize("layer", _variants("metadata"))
+def test_metadata_of_readable_files_cannot_change(layer, active_guards):
+    """chmod, chown, utime and setxattr on a file the sandbox may read (a stdlib module that
+    nothing imports) all fail, and its mode, owner and times are unchanged afterwards."""
+    target = os.path.join(os.path.dirname(os.__file__), "antigravity.py")
+    before = os.stat(target)
+    code = f"""
+import os
+def attempt(what, f):
+    try:
+        f()
+        print("CHANGED", what)
+    except OSError as e:
+        print("refused", what, type(e).__name__)
+path = {target!r}
+attempt("chmod", lambda: os.chmod(path, 0o600))
+attempt("chown", lambda: os.chown(path, 12345, 12345))
+attempt("utime", lambda: os.utime(path, (0, 0)))
+attempt("setxattr", lambda: os.setxattr(path, "user.rl2f", b"x"))
+fd = os.open(path, os.O_RDONLY)
+attempt("fchmod", lambda: os.fchmod(fd, 0o600))
+"""
+    try:
+        r = run_untrusted(code, **_layers(layer, active_guards, "metadata"))
+        assert r.ok, r.stderr
+        assert "CHANGED" not in r.stdout and r.stdout.count("refused") == 5
+        after = os.stat(target)
+        assert (after.st_mode, after.st_uid, after.st_gid, after.st_mtime_ns) == \
+            (before.st_mode, before.st_uid, before.st_gid, before.st_mtime_ns)
+        with pytest.raises(OSError):
+            os.getxattr(target, "user.rl2f")
+    finally:  # undo a failed guard's damage to the shared interpreter
+        os.chmod(target, stat.S_IMODE(before.st_mode))
+        os.chown(target, before.st_uid, before.st_gid)
+        os.utime(target, ns=(before.st_atime_ns, before.st_mtime_ns))
+        try:
+            os.removexattr(target, "user.rl2f")
+        except OSError:
+            pass
+
+
+def _scheduling():
+    return (os.getpriority(os.PRIO_PROCESS, 0), os.sched_getscheduler(0),
+            os.sched_getparam(0).sched_priority, os.sched_getaffinity(0))
+
+
+@pytest.mark.parametrize("layer", _variants("host scheduling"))
+def test_trainer_scheduling_is_untouched(layer, active_guards):
+    """Renicing, pinning to one CPU, demoting to SCHED_IDLE / SCHED_BATCH and reprioritising
+    the trainer (this test's process, named by pid, by process group and as the parent) all
+    fail: its nice value, policy, priority and CPU affinity are the same afterwards."""
+    before = _scheduling()
+    me = os.getpid()
+    code = f"""
+import os
+def attempt(what, f):
+    try:
+        f()
+        print("CHANGED", what)
+    except OSError as e:
+        print("refused", what, type(e).__name__)
+# as pid 1 of its own namespace its parent is "pid 0", which these calls read as itself
+targets = [pid for pid in ({me}, os.getppid()) if pid]
+print("targets", len(targets))
+for pid in targets:
+    attempt("nice", lambda: os.setpriority(os.PRIO_PROCESS, pid, 19))
+    attempt("affinity", lambda: os.sched_setaffinity(pid, {{0}}))
+    attempt("idle", lambda: os.sched_setscheduler(pid, os.SCHED_IDLE, os.sched_param(0)))
+    attempt("batch", lambda: os.sched_setscheduler(pid, os.SCHED_BATCH, os.sched_param(0)))
+    attempt("param", lambda: os.sched_setparam(pid, os.sched_param(0)))
+attempt("group nice", lambda: os.setpriority(os.PRIO_PGRP, {os.getpgid(0)}, 19))
+"""
+    try:
+        r = run_untrusted(code, **_layers(layer, active_guards, "host scheduling"))
+        assert r.ok, r.stderr
+        assert _scheduling() == before
+        # a refusal, or "no such process" where the trainer cannot be named at all
+        n = int(r.stdout.split("targets ")[1].split()[0])
+        assert "CHANGED" not in r.stdout and r.stdout.count("refused") == 5 * n + 1, r.stdout
+    finally:
+        os.setpriority(os.PRIO_PROCESS, 0, before[0])
+        os.sched_setaffinity(0, before[3])
+        os.sched_setscheduler(0, before[1], os.sched_param(before[2]))
+
+
+@pytest.mark.parametrize("layer", _variants("privilege"))
+def test_no_real_time_priority_negative_nice_or_host_name(layer, active_guards):
+    """The student cannot give itself SCHED_FIFO / SCHED_RR or a negative nice, nor rename
+    the host: afterwards its own policy and nice value are ordinary, the host name unchanged."""
+    host = socket.gethostname()
+    code = """
+import os, socket
+def attempt(what, f):
+    try:
+        f()
+        print("CHANGED", what)
+    except OSError as e:
+        print("refused", what, type(e).__name__)
+attempt("fifo", lambda: os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(1)))
+attempt("rr", lambda: os.sched_setscheduler(0, os.SCHED_RR, os.sched_param(1)))
+attempt("setpriority", lambda: os.setpriority(os.PRIO_PROCESS, 0, -10))
+attempt("nice", lambda: os.nice(-5))
+attempt("hostname", lambda: socket.sethostname("rl2f-sandboxed"))
+print("own", os.sched_getscheduler(0), os.getpriority(os.PRIO_PROCESS, 0))
+"""
+    try:
+        r = run_untrusted(code, **_layers(layer, active_guards, "privilege"))
+        assert r.ok, r.stderr
+        assert "CHANGED" not in r.stdout and r.stdout.count("refused") == 5, r.stdout
+        policy, nice = map(int, r.stdout.split("own ")[1].split())
+        assert policy not in (os.SCHED_FIFO, os.SCHED_RR) and nice >= 0
+        assert socket.gethostname() == host
+    finally:
+        if socket.gethostname() != host:
+            socket.sethostname(host)
+
+
+@pytest.mark.parametrize("layer", _variants("signals"))
+def test_other_processes_cannot_be_signalled(layer, active_guards):
+    """kill, killpg and a pidfd (opened by pid or through /proc) cannot reach a process
+    outside the sandbox: the victim is still alive afterwards."""
+    victim = subprocess.Popen(["sleep", "30"], start_new_session=True)
+    code = f"""
+import os, signal
+def attempt(what, f):
+    try:
+        f()
+        print("SENT", what)
+    except OSError as e:
+        print("refused", what, type(e).__name__)
+attempt("kill", lambda: os.kill({victim.pid}, signal.SIGKILL))
+attempt("killpg", lambda: os.killpg({victim.pid}, signal.SIGKILL))
+attempt("pidfd", lambda: signal.pidfd_send_signal(os.pidfd_open({victim.pid}), signal.SIGKILL))
+attempt("proc", lambda: signal.pidfd_send_signal(os.open("/proc/{victim.pid}", os.O_RDONLY),
+                                                 signal.SIGKILL))
+"""
+    try:
+        r = run_untrusted(code, **_layers(layer, active_guards, "signals"))
+        assert r.ok, r.stderr
+        assert "SENT" not in r.stdout and r.stdout.count("refused") == 4, r.stdout
+        time.sleep(0.05)
+        assert victim.poll() is None
+    finally:
+        victim.kill()
+        victim.wait()
+
+
+def _descendants(root: int) -> dict[int, str]:
+    """pid -> start time of every live descendant of `root` (start times tell a pid reused
+    later from the same process)."""
+    parents, starts = {}, {}
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                with open(f"/proc/{name}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if fields[0] not in ("Z", "X"):
+                parents[int(name)], starts[int(name)] = int(fields[1]), fields[19]
+    found, frontier = {}, [root]
+    while frontier:
+        parent = frontier.pop()
+        for pid, ppid in parents.items():
+            if ppid == parent and pid not in found:
+                found[pid] = starts[pid]
+                frontier.append(pid)
+    return found
+
+
+def _start_time(pid: int) -> str | None:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return None if fields[0] in ("Z", "X") else fields[19]
+
+
+@pytest.mark.parametrize("layer", ["all", "hook", "kernel", "none"])
+def test_nothing_survives_a_caller_killed_by_sigkill(layer):
+    """The caller (a child process running the sandbox) is SIGKILLed while the student sleeps
+    (and, where forking is allowed, while its children and grandchildren sleep too): within a
+    few seconds no process of the sandbox is left and its working directory is gone."""
+    kwargs = {"all": {}, "hook": {"kernel_guards": False}, "kernel": {"audit_hook": False},
+              "none": {"kernel_guards": False, "audit_hook": False}}[layer]
+    code = """
+import os, time
+for _ in range(2):
+    try:
+        if os.fork() == 0:
+            os.fork()
+            time.sleep(60)
+    except OSError:
+        pass
+open("started", "w").close()
+time.sleep(60)
+"""
+    runner = ("import sys\nfrom rl2f.tasks.sandbox import run_untrusted\n"
+              f"run_untrusted(sys.stdin.read(), timeout_s=60, cpu_s=60, **{kwargs!r})")
+    caller = subprocess.Popen([sys.executable, "-c", runner], stdin=subprocess.PIPE, text=True)
+    try:
+        caller.stdin.write(code)
+        caller.stdin.close()
+        workdir = None
+        end = time.monotonic() + 30
+        while time.monotonic() < end and workdir is None:
+            for pid in _descendants(caller.pid):
+                try:
+                    cwd = os.readlink(f"/proc/{pid}/cwd")
+                except OSError:
+                    continue
+                if os.path.basename(cwd).startswith("rl2f-sandbox-") and \
+                        os.path.exists(os.path.join(cwd, "started")):
+                    workdir = cwd
+            time.sleep(0.02)
+        assert workdir is not None, "the student never started"
+        time.sleep(0.1)  # the student's children have forked theirs by now
+        sandbox = _descendants(caller.pid)
+        assert len(sandbox) >= 2  # the keeper and the student at least
+        caller.kill()
+        caller.wait()
+        end = time.monotonic() + 5
+        while time.monotonic() < end:
+            left = [p for p, t in sandbox.items() if _start_time(p) == t]
+            if not left and not os.path.exists(workdir):
+                break
+            time.sleep(0.05)
+        assert left == [] and not os.path.exists(workdir)
+    finally:
+        caller.kill()
+        caller.wait()
+
+
+def test_guards_can_be_chosen_one_by_one(active_guards):
+    """kernel_guards names the guards to try: only those (and the hook) are reported active,
+    and an unknown name is a runner error, not a silently weaker sandbox."""
+    for guard in GUARDS:
+        r = run_untrusted("pass", kernel_guards=[guard])
+        assert r.ok, r.stderr
+        assert set(r.guards) - {"user-ns", "unprivileged-uid"} == {guard, "hook"} & (active_guards | {"hook"})
+    r = run_untrusted("pass", kernel_guards=["seccomp", "selinux"])
+    assert not r.ok and r.killed_reason == "sandbox error" and "selinux" in r.stderr
 
 
 def test_hook_survives_monkeypatching():
