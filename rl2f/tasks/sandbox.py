@@ -8,12 +8,13 @@ exploit. The child side is rl2f/tasks/sandbox_prelude.py, passed to `python -I -
 
 Processes: the caller starts a keeper (`python -I -S -B`, a new session whose process group
 is killed as a whole) in a fresh temporary directory with only PATH and LANG in its
-environment; the keeper forks the student, which runs main.py. The keeper holds the read end
-of a lifeline pipe that only the caller can write to, and asks for SIGTERM when the caller
-dies (PR_SET_PDEATHSIG): when the student exits, when the caller closes the lifeline (the
+environment; the keeper forks the student, which runs main.py. The keeper is a child
+subreaper (orphans of the student become its children), holds the read end of a lifeline
+pipe that only the caller can write to, and asks for SIGTERM when the caller dies
+(PR_SET_PDEATHSIG): when the student exits, when the caller closes the lifeline (the
 deadline, the output cap) or when the caller dies (even by SIGKILL), the keeper SIGKILLs the
-student and everything left in the process group or session, deletes the directory and
-reports the student's wait status on a status pipe the student never holds.
+student and every process left in its group, its session or among its children, deletes the
+directory and reports the student's wait status on a status pipe the student never holds.
 
 Three layers; what each holds against **alone** (the tests in tests/tasks/test_sandbox.py
 run each class of hostile program with every layer, with the hook alone, with the kernel
@@ -21,12 +22,13 @@ guards alone and with each single guard listed as holding alone):
 
 - process (always on): the wall-clock deadline, capped output, a scrubbed environment, the
   working directory deleted afterwards, rlimits set by the student before any untrusted code
-  (CPU seconds, one more as pid 1 of a pid namespace, address space, file size, open files, processes, no core dumps, no lowering
-  of the nice value and no real-time priority without CAP_SYS_NICE), the keeper above, and
-  the student's own parent-death signal (SIGKILL when the keeper dies). Holds against:
-  infinite loops, memory bombs, output floods, descendants that stay in the process group or
-  session, a caller killed by SIGKILL. Partial: a descendant that leaves its session, or
-  code that kills the keeper, is caught only by the pid namespace below; the nice and
+  (CPU seconds, one more as pid 1 of a pid namespace, which ignores SIGXCPU; address space,
+  file size, open files, processes, no core dumps, no lowering of the nice value and no
+  real-time priority without CAP_SYS_NICE), the keeper above, and the student's own
+  parent-death signal (SIGKILL when the keeper dies). Holds against: infinite loops, memory
+  bombs, output floods, descendants (wherever their session), a caller killed by SIGKILL.
+  Partial: code that kills the keeper leaves the caller to kill the process group, so a
+  descendant that left it survives (the pid namespace below holds there); the nice and
   real-time rlimits bind only code without CAP_SYS_NICE (a root caller's, before `creds`).
 - kernel guards (`kernel_guards=True`, or a subset of `GUARDS`), each best effort: skipped
   where the kernel or the privileges do not allow it, and `SandboxResult.guards` lists the
@@ -127,7 +129,8 @@ def run_untrusted(
     """
     tmp = proc = lifeline = status_r = None
     try:
-        guards = GUARDS if kernel_guards is True else () if kernel_guards is False else tuple(kernel_guards)
+        guards = (GUARDS if kernel_guards is True else () if kernel_guards is False
+                  else tuple(kernel_guards))
         if set(guards) - set(GUARDS):
             raise ValueError(f"unknown kernel guards {sorted(set(guards) - set(GUARDS))}")
         tmp = os.path.realpath(tempfile.mkdtemp(prefix="rl2f-sandbox-"))
@@ -175,7 +178,8 @@ def run_untrusted(
         return _communicate(proc, lifeline_w, status_r, stdin.encode("utf-8"), timeout_s,
                             cpu_s, max_output_bytes)
     except Exception as e:  # the runner itself failed (no python, no /tmp, ...)
-        return SandboxResult(False, None, "", f"sandbox error: {type(e).__name__}: {e}", False, "sandbox error")
+        return SandboxResult(False, None, "", f"sandbox error: {type(e).__name__}: {e}", False,
+                             "sandbox error")
     finally:
         for fd in (lifeline, status_r):
             if fd is not None:
@@ -273,13 +277,12 @@ def _communicate(proc, lifeline: int, status_r: int, data: bytes, timeout_s: flo
     # so the kills below cannot hit a recycled group.
     _wait_exited(proc.pid, 1.0)
     _kill_group(proc.pid)
-    kill_leftovers(proc.pid)
-    _reap(proc)
-
     try:
         status = json.loads(bytes(bufs[status_r]))
-    except ValueError:
-        status = {"wait": None, "error": f"keeper ended without a report ({proc.returncode})"}
+    except ValueError:  # the keeper was killed before its cleanup: do it here
+        status = {"wait": None, "error": "the keeper ended without a report"}
+        kill_leftovers(proc.pid)
+    _reap(proc)
     wait = status.get("wait")
     returncode = None if wait is None else os.waitstatus_to_exitcode(wait)
     cpu_used = status.get("cpu") or 0.0

@@ -32,6 +32,7 @@ _CLONE = {"pid-ns": 0x20000000, "uts-ns": 0x04000000, "ipc-ns": 0x08000000,
           "net-ns": 0x40000000}
 _CLONE_NEWUSER = 0x10000000
 _PR_SET_PDEATHSIG, _PR_SET_NO_NEW_PRIVS, _PR_CAPBSET_DROP = 1, 38, 24
+_PR_SET_CHILD_SUBREAPER = 36
 _PR_CAP_AMBIENT, _PR_CAP_AMBIENT_CLEAR_ALL = 47, 4
 # Root callers run the student as a uid of its own (no file on the machine belongs to it,
 # no other process runs as it); far above the ranges that passwd, LDAP and subuid use.
@@ -42,7 +43,8 @@ _UID_BASE = 2_000_000_000
 
 
 def group_members(pgid: int) -> list[int]:
-    """Live pids (zombies excluded) whose process group or session is `pgid`, by /proc scan."""
+    """Live pids (zombies excluded) whose process group or session is `pgid`, or whose parent
+    is `pgid` (orphans that the keeper, a child subreaper, adopted), by /proc scan."""
     found = []
     me = os.getpid()
     try:
@@ -60,7 +62,7 @@ def group_members(pgid: int) -> list[int]:
         fields = fields[fields.rfind(")") + 2:].split()  # comm may hold spaces and parens
         if len(fields) < 4 or fields[0] in ("Z", "X"):
             continue
-        if int(fields[2]) == pgid or int(fields[3]) == pgid:
+        if pgid in (int(fields[1]), int(fields[2]), int(fields[3])):
             found.append(int(name))
     return found
 
@@ -111,11 +113,13 @@ def main() -> tuple:
     keeper = os.getpid()
     status = {"wait": None, "cpu": None, "guards": [], "error": None}
     pid = None
+    adopts = False  # whether orphans of the student become the keeper's children
     libc, ctypes = _libc()
     try:
         signal.signal(signal.SIGTERM, _caller_gone)
         if libc is not None:
             libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+            adopts = libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
         if os.getppid() != cfg["caller"]:  # died before the parent-death signal was armed
             raise _CallerGone
         status["guards"] = _unshare(libc, cfg["guards"])
@@ -150,9 +154,12 @@ def main() -> tuple:
             os.kill(pid, signal.SIGKILL)  # in its own pid namespace this ends everything in it
         except ProcessLookupError:
             pass
-    kill_leftovers(keeper)
     if pid is not None and status["wait"] is None:
         status["wait"] = _reap(pid)
+    # none in a pid namespace, where the student's end ended everything in it
+    if _children_left() or not adopts:
+        kill_leftovers(keeper)
+        _reap(-1)
     shutil.rmtree(cfg["dir"], ignore_errors=True)
     try:
         os.write(cfg["status"], json.dumps(status).encode())
@@ -215,14 +222,28 @@ def _watch(pid, report_r, lifeline):
     return wait, rusage, report
 
 
+def _children_left():
+    """Whether the keeper has any child left (alive or a zombie), without reaping one."""
+    try:
+        os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+    except ChildProcessError:
+        return False
+    return True
+
+
 def _reap(pid, timeout_s=5.0):
-    """Wait status of the SIGKILLed student; None if it cannot be reaped in time."""
+    """Wait status of the SIGKILLed student (pid -1: every child, until none is left); None
+    if that cannot be done in time (a process stuck in the kernel)."""
     end = time.monotonic() + timeout_s
     while time.monotonic() < end:
-        got, wait = os.waitpid(pid, os.WNOHANG)
-        if got:
+        try:
+            got, wait = os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            return None
+        if got and pid != -1:
             return wait
-        time.sleep(0.005)
+        if not got:
+            time.sleep(0.005)
     return None
 
 

@@ -129,19 +129,27 @@ while True:
 
 def test_process_group_kill_alone_reaps_spawned_children():
     """With both guards off, the outermost layer still kills everything the code spawned
-    (children and grandchildren sleeping forever) when the deadline passes."""
+    (children and grandchildren sleeping forever, some in a session of their own) when the
+    deadline passes."""
     code = """
 import os, time
-for _ in range(4):
+for i in range(4):
     if os.fork() == 0:
+        if i % 2:
+            os.setsid()  # out of the sandbox's process group and session
         if os.fork() == 0:
+            print(os.getpid(), flush=True)
             time.sleep(100)
+        print(os.getpid(), flush=True)
         time.sleep(100)
 time.sleep(100)
 """
     r = run_untrusted(code, timeout_s=1.0, kernel_guards=False, audit_hook=False)
     assert r.timed_out
+    spawned = [int(pid) for pid in r.stdout.split()]
+    assert len(spawned) == 8
     _assert_nothing_left(r)
+    assert not [pid for pid in spawned if _alive(pid)]
 
 
 def test_memory_bomb_fails_cleanly():
@@ -448,15 +456,18 @@ def _start_time(pid: int) -> str | None:
 @pytest.mark.parametrize("layer", ["all", "hook", "kernel", "none"])
 def test_nothing_survives_a_caller_killed_by_sigkill(layer):
     """The caller (a child process running the sandbox) is SIGKILLed while the student sleeps
-    (and, where forking is allowed, while its children and grandchildren sleep too): within a
-    few seconds no process of the sandbox is left and its working directory is gone."""
+    (and, where forking is allowed, while its children and grandchildren sleep too, some in a
+    session of their own): within a few seconds no process of the sandbox is left and its
+    working directory is gone."""
     kwargs = {"all": {}, "hook": {"kernel_guards": False}, "kernel": {"audit_hook": False},
               "none": {"kernel_guards": False, "audit_hook": False}}[layer]
     code = """
 import os, time
-for _ in range(2):
+for i in range(2):
     try:
         if os.fork() == 0:
+            if i:
+                os.setsid()  # out of the sandbox's process group and session
             os.fork()
             time.sleep(60)
     except OSError:
