@@ -31,6 +31,7 @@ HOLDS = {
     "host scheduling": ("pid-ns", "seccomp"),
     "privilege": ("creds", "seccomp"),
     "signals": ("pid-ns", "seccomp"),
+    "read": ("landlock",),
 }
 
 
@@ -209,30 +210,33 @@ print("cwd", os.getcwd(), open("mine.txt").read())
         for t in targets + made:
             assert not os.path.exists(os.path.join(parent_of_cwd, t) if t.startswith("..") else t)
         assert not os.path.exists(cwd)  # the working directory is deleted afterwards
-    finally:
-        for t in made:
+    finally:  # a failed guard leaves no litter behind
+        for t in made + targets[:3]:
             if os.path.isdir(t):
                 os.rmdir(t)
             elif os.path.exists(t):
                 os.remove(t)
 
 
-def test_parent_environment_is_invisible():
-    """A secret in the parent's environment reaches the child neither through os.environ nor
-    through /proc/<parent>/environ (the parent is a real process started with the secret)."""
+@pytest.mark.parametrize("layer", _variants("read"))
+def test_parent_environment_is_invisible(layer, active_guards):
+    """A secret in the caller's environment reaches the child neither through os.environ nor
+    through /proc/<caller>/environ (the caller is a real process started with the secret)."""
     secret = uuid.uuid4().hex
     code = """
 import os
 print(sorted(os.environ))
 print(dict(os.environ))
-for p in ("/proc/%d/environ" % os.getppid(), "/proc/self/environ", "/proc/1/environ"):
+for p in ("/proc/CALLER/environ", "/proc/%d/environ" % os.getppid(), "/proc/1/environ"):
     try:
         print(open(p, "rb").read())
     except OSError as e:
         print("refused", type(e).__name__)
 """
-    runner = ("import json, sys\nfrom rl2f.tasks.sandbox import run_untrusted\n"
-              "r = run_untrusted(sys.stdin.read())\nprint(json.dumps(r.__dict__))")
+    runner = ("import json, os, sys\nfrom rl2f.tasks.sandbox import run_untrusted\n"
+              "code = sys.stdin.read().replace('CALLER', str(os.getpid()))\n"
+              f"r = run_untrusted(code, **{_layers(layer, active_guards, 'read')!r})\n"
+              "print(json.dumps(r.__dict__))")
     env = dict(os.environ, RL2F_SANDBOX_SECRET=secret)
     out = subprocess.run([sys.executable, "-c", runner], input=code, env=env,
                          capture_output=True, text=True, timeout=60)
@@ -241,8 +245,9 @@ for p in ("/proc/%d/environ" % os.getppid(), "/proc/self/environ", "/proc/1/envi
     assert r["ok"], r["stderr"]
     assert secret not in r["stdout"] and secret not in r["stderr"]
     # only what the runner sets (LC_CTYPE: Python's own locale coercion on some hosts)
-    assert set(json.loads(r["stdout"].split("\n")[0].replace("'", '"'))) <= {"LANG", "PATH", "LC_CTYPE"}
-    assert r["stdout"].count("refused") >= 2  # the parent's and pid 1's environ at least
+    names = json.loads(r["stdout"].split("\n")[0].replace("'", '"'))
+    assert set(names) <= {"LANG", "PATH", "LC_CTYPE"}
+    assert r["stdout"].count("refused") >= 2  # the caller's and pid 1's environ at least
 
 
 @pytest.mark.parametrize("layer", _variants("network"))
