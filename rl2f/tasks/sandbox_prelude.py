@@ -170,27 +170,34 @@ def main() -> tuple:
 
 def _unshare(libc, wanted) -> list[str]:
     """Enter the new namespaces that `wanted` names and the kernel allows; the active ones.
-    Root needs nothing more; other users go through a user namespace first (where the
-    kernel lets unprivileged users create one), which maps only their own uid and gid."""
-    active = []
-    if libc is None or not set(wanted) & set(_CLONE):
-        return active
-    if os.geteuid() != 0:
-        uid, gid = os.geteuid(), os.getegid()
-        if libc.unshare(_CLONE_NEWUSER) != 0:
-            return active
-        try:
-            for name, text in (("setgroups", "deny"), ("uid_map", f"{uid} {uid} 1"),
-                               ("gid_map", f"{gid} {gid} 1")):
-                with open("/proc/self/" + name, "w") as f:
-                    f.write(text)
-        except OSError:
-            return active
-        active.append("user-ns")
-    for name, flag in _CLONE.items():
-        if name in wanted and libc.unshare(flag) == 0:
+    Without CAP_SYS_ADMIN (not root, or root in a restricted container) they go through a
+    user namespace first, where the kernel lets anyone create one; it maps only the keeper's
+    own uid and gid."""
+    wanted = [name for name in _CLONE if name in wanted]
+    if libc is None or not wanted:
+        return []
+    if os.geteuid() == 0 and libc.unshare(_CLONE[wanted[0]]) == 0:
+        active = wanted[:1]
+    else:
+        active = ["user-ns"] if _enter_user_ns(libc) else []
+    for name in wanted:
+        if name not in active and libc.unshare(_CLONE[name]) == 0:
             active.append(name)
     return active
+
+
+def _enter_user_ns(libc) -> bool:
+    uid, gid = os.geteuid(), os.getegid()
+    if libc.unshare(_CLONE_NEWUSER) != 0:
+        return False
+    try:
+        for name, text in (("setgroups", "deny"), ("uid_map", f"{uid} {uid} 1"),
+                           ("gid_map", f"{gid} {gid} 1")):
+            with open("/proc/self/" + name, "w") as f:
+                f.write(text)
+    except OSError:
+        return False
+    return True
 
 
 def _watch(pid, report_r, lifeline):

@@ -516,6 +516,85 @@ time.sleep(60)
         caller.wait()
 
 
+# A caller that restricts itself before it runs the sandbox (ctypes, x86_64 Linux): it drops
+# CAP_SYS_ADMIN (from its bounding set too, so the exec'd keeper does not get it back) or
+# installs a seccomp filter that refuses unshare(2), then prints the sandbox's result.
+_RESTRICTED_CALLER = """
+import ctypes, json, os, sys
+from rl2f.tasks.sandbox import run_untrusted
+libc = ctypes.CDLL(None, use_errno=True)
+libc.prctl.argtypes = [ctypes.c_int] + [ctypes.c_ulong] * 4
+if sys.argv[1] == "no-cap-sys-admin":
+    class Header(ctypes.Structure):
+        _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+    class Data(ctypes.Structure):
+        _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32),
+                    ("inheritable", ctypes.c_uint32)]
+    header, data = Header(0x20080522, 0), (Data * 2)()
+    assert libc.prctl(24, 21, 0, 0, 0) == 0  # PR_CAPBSET_DROP CAP_SYS_ADMIN
+    assert libc.capget(ctypes.byref(header), data) == 0
+    data[0].effective &= ~(1 << 21)
+    data[0].permitted &= ~(1 << 21)
+    assert libc.capset(ctypes.byref(header), data) == 0
+else:  # ld nr; jeq unshare -> EPERM; allow
+    class Filter(ctypes.Structure):
+        _fields_ = [("code", ctypes.c_uint16), ("jt", ctypes.c_uint8), ("jf", ctypes.c_uint8),
+                    ("k", ctypes.c_uint32)]
+    class Prog(ctypes.Structure):
+        _fields_ = [("len", ctypes.c_uint16), ("filter", ctypes.POINTER(Filter))]
+    code = (Filter * 4)(Filter(0x20, 0, 0, 0), Filter(0x15, 0, 1, 272),
+                        Filter(0x06, 0, 0, 0x00050001), Filter(0x06, 0, 0, 0x7FFF0000))
+    prog = Prog(4, code)
+    assert libc.prctl(38, 1, 0, 0, 0) == 0
+    assert libc.prctl(22, 2, ctypes.addressof(prog), 0, 0) == 0
+r = run_untrusted(sys.stdin.read().replace("CALLER", str(os.getpid())))
+print(json.dumps(r.__dict__))
+"""
+
+# Hostile to the caller: renice, pin and signal it by pid.
+_HOSTILE_TO_CALLER = """
+import os, signal
+for what, f in [("nice", lambda: os.setpriority(os.PRIO_PROCESS, CALLER, 19)),
+                ("affinity", lambda: os.sched_setaffinity(CALLER, {0})),
+                ("kill", lambda: os.kill(CALLER, signal.SIGKILL))]:
+    try:
+        f()
+        print("DONE", what)
+    except OSError as e:
+        print("refused", what, type(e).__name__)
+"""
+
+
+def _restricted_run(how):
+    if os.geteuid() != 0 or os.uname().machine != "x86_64":
+        pytest.skip("needs a root caller on x86_64 to restrict itself")
+    out = subprocess.run([sys.executable, "-c", _RESTRICTED_CALLER, how],
+                         input=_HOSTILE_TO_CALLER, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr  # the caller was neither killed nor refused
+    r = json.loads(out.stdout)
+    assert r["ok"], r["stderr"]
+    assert "DONE" not in r["stdout"] and r["stdout"].count("refused") == 3, r["stdout"]
+    return set(r["guards"])
+
+
+def test_namespaces_through_a_user_namespace_without_cap_sys_admin(active_guards):
+    """A caller without CAP_SYS_ADMIN (as any unprivileged user) still gets the namespaces
+    through a user namespace, and the student still cannot touch the caller."""
+    guards = _restricted_run("no-cap-sys-admin")
+    if "user-ns" not in guards:
+        pytest.skip("this kernel does not let this caller create a user namespace")
+    assert {"pid-ns", "uts-ns", "ipc-ns", "net-ns"} <= guards
+    assert {"creds", "seccomp"} & active_guards <= guards
+
+
+def test_falls_back_cleanly_where_namespaces_are_refused(active_guards):
+    """Where unshare(2) is refused altogether, the sandbox runs without any namespace, says
+    so in `guards`, and the other guards still keep the student off the caller."""
+    guards = _restricted_run("no-unshare")
+    assert not {"user-ns", "pid-ns", "uts-ns", "ipc-ns", "net-ns"} & guards
+    assert {"creds", "landlock", "seccomp"} & active_guards <= guards
+
+
 def test_guards_can_be_chosen_one_by_one(active_guards):
     """kernel_guards names the guards to try: only those (and the hook) are reported active,
     and an unknown name is a runner error, not a silently weaker sandbox."""
