@@ -32,12 +32,13 @@ guards alone and with each single guard listed as holding alone):
   real-time rlimits bind only code without CAP_SYS_NICE (a root caller's, before `creds`).
 - kernel guards (`kernel_guards=True`, or a subset of `GUARDS`), each best effort: skipped
   where the kernel or the privileges do not allow it, and `SandboxResult.guards` lists the
-  ones that were active. A caller that is not root first enters a user namespace (where the
-  kernel lets it), reported as "user-ns".
+  ones that were active. A caller without CAP_SYS_ADMIN (any user but root) first enters a
+  user namespace where the kernel lets it, reported as "user-ns".
   - pid-ns: the student is pid 1 of a new pid namespace: it cannot name any process outside
     (renicing, pinning, rescheduling, signalling or opening a pidfd of the trainer or any
-    other host process fails), and everything in it dies with it. As pid 1 it ignores
-    signals it has no handler for, even from itself.
+    other host process fails), and everything in it dies with it. Partial: its own process
+    group, which holds the keeper, can still be signalled (that only ends the run). As pid 1
+    it ignores signals it has no handler for, even from itself.
   - uts-ns, ipc-ns, net-ns: its own host name, System V IPC and POSIX message queues, and
     network (no interface but a down loopback).
   - creds: no capability left (bounding, ambient, effective, permitted, inheritable sets)
@@ -64,8 +65,8 @@ guards alone and with each single guard listed as holding alone):
   sethostname, raising rlimits, heap walking via gc, and the native modules that do their
   own I/O or reach other processes (ctypes, _posixsubprocess, posix, SQLite, readline, dbm,
   POSIX shared memory, syslog, CPython's test modules). Partial: it is not a security
-  boundary; code that rebuilds a native module through importlib internals gets the
-  unpatched functions back. Refusals raise PermissionError (ImportError for modules), so
+  boundary; code that deletes the entries it finds in sys.modules or rebuilds a native
+  module through importlib internals gets the modules and the unpatched functions back. Refusals raise PermissionError (ImportError for modules), so
   they read as ordinary failures of the student's code.
 """
 from __future__ import annotations
@@ -95,12 +96,12 @@ _ENV = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"}  # nothing else from the par
 @dataclass
 class SandboxResult:
     ok: bool  # exited 0 within every limit
-    returncode: int | None  # negative: killed by that signal; None: never started
+    returncode: int | None  # negative: killed by that signal; None: unknown (sandbox error)
     stdout: str  # capped at max_output_bytes
     stderr: str  # capped at max_output_bytes
     timed_out: bool  # the wall-clock deadline passed
     killed_reason: str | None = None  # "timeout", "cpu limit", "output limit", "signal N", ...
-    guards: tuple[str, ...] = ()  # kernel guards that were active (see GUARDS), and "hook"
+    guards: tuple[str, ...] = ()  # active: GUARDS' names, "user-ns", "unprivileged-uid", "hook"
     pgid: int | None = None  # the sandbox's process group on the host (the keeper's pid)
 
 

@@ -652,6 +652,11 @@ def _install_hook(tmp, read_roots, read_files, max_write_opens):
         elif event in blocked or event.startswith("ctypes."):
             raise _PermissionError(f"sandbox: {event} is not allowed")
 
+    # importlib.import_module of a module built into the interpreter raises no audit event:
+    # a None entry in sys.modules makes every import of it fail (until the code deletes it)
+    for name in blocked_modules.union(
+            m for m in sys.builtin_module_names if m.startswith("_test")):
+        sys.modules.setdefault(name, None)
     _patch_unaudited(_PermissionError, _getpid)
     sys.addaudithook(hook)
 
