@@ -66,8 +66,9 @@ guards alone and with each single guard listed as holding alone):
   own I/O or reach other processes (ctypes, _posixsubprocess, posix, SQLite, readline, dbm,
   POSIX shared memory, syslog, CPython's test modules). Partial: it is not a security
   boundary; code that deletes the entries it finds in sys.modules or rebuilds a native
-  module through importlib internals gets the modules and the unpatched functions back. Refusals raise PermissionError (ImportError for modules), so
-  they read as ordinary failures of the student's code.
+  module through importlib internals gets the modules and the unpatched functions back.
+  Refusals raise PermissionError (ImportError for modules), so they read as ordinary
+  failures of the student's code.
 """
 from __future__ import annotations
 
