@@ -7,10 +7,11 @@ imports it only for `GUARDS`, `group_members` and `kill_leftovers`, which both s
 
 Run as a program it is the keeper: it unshares the namespaces, forks the student, watches
 both the student and the caller (a lifeline pipe whose write end only the caller holds, plus
-a parent-death signal), and whichever ends first, kills the student and everything in the
-process group, deletes the working directory and reports the student's wait status to the
-caller on the status pipe. The forked student sets its limits and guards, reports which
-guards are active, and then runs main.py as `__main__`. rl2f/tasks/sandbox.py's docstring
+a parent-death signal), and whichever ends first, kills the student, everything in its
+process group and session and every orphan it adopted as a child subreaper, deletes the
+working directory and reports the student's wait status to the caller on the status pipe.
+The forked student sets its limits and guards, reports which guards are active, and then
+runs main.py as `__main__`. rl2f/tasks/sandbox.py's docstring
 says what each layer holds against.
 """
 import builtins
@@ -89,11 +90,6 @@ class _CallerGone(Exception):
     pass
 
 
-def _caller_gone(signum, frame):
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # once: the cleanup must not be cut short
-    raise _CallerGone
-
-
 def _libc():
     """(libc, ctypes), or (None, None) where there is no libc to call (then every guard that
     needs it is inactive and reported so)."""
@@ -116,7 +112,12 @@ def main() -> tuple:
     adopts = False  # whether orphans of the student become the keeper's children
     libc, ctypes = _libc()
     try:
-        signal.signal(signal.SIGTERM, _caller_gone)
+        # the parent-death signal only wakes the watch loop up (no exception can strike in
+        # the middle of reaping the student)
+        wake_r, wake_w = os.pipe()
+        os.set_blocking(wake_w, False)
+        signal.signal(signal.SIGTERM, lambda signum, frame: None)
+        signal.set_wakeup_fd(wake_w)
         if libc is not None:
             libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
             adopts = libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
@@ -127,10 +128,10 @@ def main() -> tuple:
         pid = os.fork()
         if pid == 0:
             try:  # never fall through into the keeper's cleanup below
+                signal.set_wakeup_fd(-1)
                 signal.signal(signal.SIGTERM, signal.SIG_DFL)
-                os.close(report_r)
-                os.close(cfg["lifeline"])
-                os.close(cfg["status"])
+                for fd in (report_r, wake_r, wake_w, cfg["lifeline"], cfg["status"]):
+                    os.close(fd)
                 return _student(cfg, libc, ctypes, report_w, keeper, "pid-ns" in status["guards"])
             except BaseException as e:
                 sys.stderr.write(f"sandbox: setup failed: {e!r}\n")
@@ -141,20 +142,18 @@ def main() -> tuple:
         null = os.open(os.devnull, os.O_RDWR)
         for fd in (0, 1, 2):
             os.dup2(null, fd)
-        wait, rusage, report = _watch(pid, report_r, cfg["lifeline"])
+        wait, rusage, report = _watch(pid, report_r, (cfg["lifeline"], wake_r))
         status.update(wait=wait, cpu=rusage.ru_utime + rusage.ru_stime)
         status["guards"] += json.loads(report or b"[]")
     except _CallerGone:
         status["error"] = "stopped"
     except Exception as e:
         status["error"] = f"keeper: {type(e).__name__}: {e}"
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    if pid is not None and status["wait"] is None:
+    if pid is not None and status["wait"] is None:  # not reaped: its pid cannot be reused
         try:
             os.kill(pid, signal.SIGKILL)  # in its own pid namespace this ends everything in it
         except ProcessLookupError:
             pass
-    if pid is not None and status["wait"] is None:
         status["wait"] = _reap(pid)
     # none in a pid namespace, where the student's end ended everything in it
     if _children_left() or not adopts:
@@ -200,19 +199,19 @@ def _enter_user_ns(libc) -> bool:
     return True
 
 
-def _watch(pid, report_r, lifeline):
+def _watch(pid, report_r, stop):
     """(wait status, rusage, guard report) once the student exits; raises _CallerGone as soon
-    as the lifeline is readable (EOF: the caller closed it to stop the run, or died)."""
+    as one of the `stop` fds is readable: the lifeline (EOF: the caller closed it to stop the
+    run, or died) or the wakeup fd of the parent-death signal."""
     try:
         pidfd = os.pidfd_open(pid)
     except (AttributeError, OSError):  # old kernel: poll the student instead
         pidfd = None
-    fds = [lifeline, report_r] + ([] if pidfd is None else [pidfd])
+    fds = [*stop, report_r] + ([] if pidfd is None else [pidfd])
     report = b""
     while True:
         ready = select.select(fds, [], [], None if pidfd is not None else 0.01)[0]
-        if lifeline in ready:
-            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        if set(stop) & set(ready):
             raise _CallerGone
         if report_r in ready:
             chunk = os.read(report_r, 4096)
