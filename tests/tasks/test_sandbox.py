@@ -10,6 +10,8 @@ reports as active, not assumed).
 """
 import json
 import os
+import shutil
+import signal
 import socket
 import stat
 import subprocess
@@ -483,10 +485,10 @@ time.sleep(60)
     runner = ("import sys\nfrom rl2f.tasks.sandbox import run_untrusted\n"
               f"run_untrusted(sys.stdin.read(), timeout_s=60, cpu_s=60, **{kwargs!r})")
     caller = subprocess.Popen([sys.executable, "-c", runner], stdin=subprocess.PIPE, text=True)
+    workdir, sandbox = None, {}
     try:
         caller.stdin.write(code)
         caller.stdin.close()
-        workdir = None
         end = time.monotonic() + 30
         while time.monotonic() < end and workdir is None:
             for pid in _descendants(caller.pid):
@@ -511,9 +513,14 @@ time.sleep(60)
                 break
             time.sleep(0.05)
         assert left == [] and not os.path.exists(workdir)
-    finally:
+    finally:  # a red run leaves nothing behind either
         caller.kill()
         caller.wait()
+        for pid, started in sandbox.items():
+            if _start_time(pid) == started:
+                os.kill(pid, signal.SIGKILL)
+        if workdir is not None:
+            shutil.rmtree(workdir, ignore_errors=True)
 
 
 # A caller that restricts itself before it runs the sandbox (ctypes, x86_64 Linux): it drops
