@@ -312,14 +312,16 @@ attempt("fchmod", lambda: os.fchmod(fd, 0o600))
             (before.st_mode, before.st_uid, before.st_gid, before.st_mtime_ns)
         with pytest.raises(OSError):
             os.getxattr(target, "user.rl2f")
-    finally:  # undo a failed guard's damage to the shared interpreter
-        os.chmod(target, stat.S_IMODE(before.st_mode))
-        os.chown(target, before.st_uid, before.st_gid)
-        os.utime(target, ns=(before.st_atime_ns, before.st_mtime_ns))
-        try:
+    finally:  # undo a failed guard's damage to the shared interpreter, if there is any
+        after = os.stat(target)
+        if after.st_mode != before.st_mode:
+            os.chmod(target, stat.S_IMODE(before.st_mode))
+        if (after.st_uid, after.st_gid) != (before.st_uid, before.st_gid):
+            os.chown(target, before.st_uid, before.st_gid)
+        if after.st_mtime_ns != before.st_mtime_ns:
+            os.utime(target, ns=(before.st_atime_ns, before.st_mtime_ns))
+        if "user.rl2f" in os.listxattr(target):
             os.removexattr(target, "user.rl2f")
-        except OSError:
-            pass
 
 
 def _scheduling():
