@@ -1,4 +1,4 @@
-"""Coding problems graded by unit tests run in the sandbox (rl2f.sandbox).
+"""Coding problems graded by unit tests run in the sandbox (rl2f.tasks.sandbox).
 
 Problems come from 27 built-in function-writing templates with parameters ("return x + 7",
 "the sum of multiples of 3 below n", ...) or from a JSONL file with fields `prompt`,
@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from rl2f.errors import UserError
-from rl2f.sandbox import run_untrusted
+from rl2f.tasks.sandbox import run_untrusted
 from rl2f.tasks.base import Problem, Task, Verdict
 from rl2f.tasks.maze import content_id, sample_problems, split_of, split_rng
 

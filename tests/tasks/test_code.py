@@ -196,6 +196,22 @@ def test_verify_network_is_a_failed_verdict(task):
         listener.close()
 
 
+def test_verify_renicing_the_trainer_is_a_failed_verdict(task):
+    """A solution that renices the trainer (this process, by pid) and pins it to one CPU:
+    failed Verdict, and the trainer's nice value and CPU affinity are unchanged."""
+    before = os.getpriority(os.PRIO_PROCESS, 0), os.sched_getaffinity(0)
+    me = os.getpid()
+    code = (f"import os\ndef f(x):\n    os.setpriority(os.PRIO_PROCESS, {me}, 19)\n"
+            f"    os.sched_setaffinity({me}, {{0}})\n    return x + 1")
+    try:
+        v = task.verify(_fence(code), _one_test_problem())
+        assert not v.correct and "ERROR f(3)" in v.detail
+        assert (os.getpriority(os.PRIO_PROCESS, 0), os.sched_getaffinity(0)) == before
+    finally:
+        os.setpriority(os.PRIO_PROCESS, 0, before[0])
+        os.sched_setaffinity(0, before[1])
+
+
 # --- problems and loading ----------------------------------------------------------------
 
 
