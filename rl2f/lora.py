@@ -33,11 +33,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from rl2f.config import LORA_SHORT_TARGETS as _SHORT
+from rl2f.config import LORA_TARGETS as TARGETS
 from rl2f.errors import UserError
-
-# Full module names we can wrap, and the short names accepted for them.
-TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-_SHORT = {t.removesuffix("_proj"): t for t in TARGETS}
 
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"

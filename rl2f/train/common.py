@@ -148,17 +148,24 @@ def build_runner(cfg: RunConfig, engine, tokenizer, task):
 def start_run(cfg: RunConfig, out_dir: str | Path, resume, d: Dist | None, task, init_adapter,
               with_engine: bool = True):
     """What every training loop does first: join the process group, check the run directory,
-    read the checkpoint to resume (if any), seed, and build the run with the adapter to start
-    from (the checkpoint's, else `init_adapter` / `train.init_adapter`, else a fresh LoRA).
-    Returns (out_dir, d, checkpoint dir or None, trainer state or None, run)."""
-    from rl2f.train.checkpoint import find_checkpoint, load_trainer_state
-    from rl2f.train.distributed import init_distributed
+    read the checkpoint to resume (if any) and check the config against it, repair the
+    metrics file to end at the checkpoint's step, seed, and build the run with the adapter to
+    start from (the checkpoint's, else `init_adapter` / `train.init_adapter`, else a fresh
+    LoRA). Returns (out_dir, d, checkpoint dir or None, trainer state or None, run)."""
+    from rl2f.train.checkpoint import check_resume_config, find_checkpoint, load_trainer_state
 
     out_dir = Path(out_dir)
-    d = d or init_distributed(cfg.model.device)
     ckpt = find_checkpoint(resume) if resume else None
-    check_out_dir(out_dir, resuming=ckpt is not None)
     state = load_trainer_state(ckpt) if ckpt else None
+    if ckpt is not None:
+        check_resume_config(cfg, ckpt, state["step"])
+    if d is None:
+        from rl2f.train.distributed import init_distributed
+
+        d = init_distributed(cfg.model.device)
+    check_out_dir(out_dir, resuming=ckpt is not None)
+    if ckpt is not None and d.is_main:
+        Metrics.resume(out_dir / "metrics.jsonl", state["step"], state.get("metrics_row"))
     seed_everything(cfg.train.seed + d.rank)  # a resume then restores the saved RNG states
     init = init_adapter or cfg.train.init_adapter or None
     run = build_run(cfg, d, adapter=ckpt / "adapter" if ckpt else init, task=task, with_engine=with_engine)
@@ -166,10 +173,25 @@ def start_run(cfg: RunConfig, out_dir: str | Path, resume, d: Dist | None, task,
 
 
 def check_out_dir(out_dir: Path, resuming: bool) -> None:
-    """A fresh run never mixes with an old one's checkpoints, metrics or dialogues."""
-    if not resuming and (out_dir / "checkpoints").exists():
-        raise UserError(f"--out {out_dir}: holds a previous run; continue it with --resume {out_dir} "
-                        "or choose another --out")
+    """A fresh run never mixes with an old one's checkpoints, metrics or dialogues, and the
+    directory must be writable before any work is done. A directory whose run stopped before
+    its first checkpoint was complete holds nothing to resume: a fresh run clears it."""
+    from rl2f.train.checkpoint import complete_checkpoints
+
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UserError(f"--out {out_dir}: is a file, not a directory")
+    if not resuming:
+        if complete_checkpoints(out_dir):
+            raise UserError(f"--out {out_dir}: holds a previous run; continue it with --resume {out_dir} "
+                            "or choose another --out")
+        shutil.rmtree(out_dir / "checkpoints", ignore_errors=True)  # only partial ones: see above
+    probe = out_dir / f".write-test-{os.getpid()}"
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        probe.write_text("")
+        probe.unlink()
+    except OSError as e:
+        raise UserError(f"--out {out_dir}: cannot write there ({e.strerror or e}); nothing was written") from None
 
 
 def seed_everything(seed: int) -> None:
@@ -264,25 +286,61 @@ def clip_and_check(model, cfg: RunConfig, loss_value: float, step: int, save_goo
 
 
 class Metrics:
-    """One JSON line per step in out/metrics.jsonl (rank 0 only); on resume, lines after the
-    resumed step are dropped so the file reads as one run."""
+    """One JSON line per step in out/metrics.jsonl (rank 0 only), flushed to disk per row.
+    A fresh run starts the file anew; a resumed one continues the file `Metrics.resume` has
+    cut back to the checkpoint's step, so the file reads as one run."""
 
     def __init__(self, path: Path, enabled: bool, resume_step: int | None = None):
         self.path = path
         self.enabled = enabled
-        if enabled and resume_step is not None and path.exists():
-            lines = [l for l in path.read_text().splitlines() if l.strip()]
-            keep = [l for l in lines if json.loads(l).get("step", 0) <= resume_step]
-            path.write_text("".join(l + "\n" for l in keep))
-        elif enabled and resume_step is None and path.exists():
+        if enabled and resume_step is None and path.exists():
             path.unlink()
 
     def write(self, record: dict) -> None:
         if not self.enabled:
             return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self.path.open("a") as f:
-            f.write(json.dumps(record) + "\n")
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with self.path.open("a") as f:
+                f.write(json.dumps(record) + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError as e:
+            raise UserError(f"{self.path}: cannot write the metrics row of step {record.get('step')} "
+                            f"({e.strerror or e}); the rows before it and the last complete checkpoint "
+                            f"are kept") from None
+
+    @staticmethod
+    def resume(path: Path, step: int, row: dict | None) -> None:
+        """Make `path` end with the row of checkpoint `step`: rows past it (steps the resumed
+        run replays) and a torn last line (a kill mid-write) are dropped, and the checkpoint's
+        own copy of its row is put back if the kill came between the checkpoint and the row.
+        A damaged line before the end is a UserError naming it."""
+        rows = []
+        if path.exists():
+            text = path.read_text(encoding="utf-8", errors="replace")
+            lines = text.split("\n")
+            for lineno, line in enumerate(lines, 1):
+                if not line.strip():
+                    continue
+                try:
+                    rec = json.loads(line)
+                    if not isinstance(rec, dict) or not isinstance(rec.get("step"), int):
+                        raise ValueError("no step")
+                except ValueError:
+                    if lineno == len(lines):  # unterminated: the row a kill cut short
+                        break
+                    raise UserError(f"{path}:{lineno}: not a metrics row; remove the line to resume") from None
+                if rec["step"] <= step:
+                    rows.append(rec)
+        if row is not None and not any(r["step"] == step for r in rows):
+            rows.append(row)
+        tmp = path.with_name(path.name + ".tmp")
+        try:
+            tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+            os.replace(tmp, path)
+        except OSError as e:
+            raise UserError(f"{path}: cannot rewrite the metrics file ({e.strerror or e}); it is unchanged") from None
 
 
 class Timer:

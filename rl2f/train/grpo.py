@@ -302,8 +302,7 @@ def train_grpo(cfg: RunConfig, out_dir: str | Path, resume: str | Path | None = 
             final = step == t.max_steps or budget_spent()
             if final or (t.save_every and step % t.save_every == 0):
                 last_ckpt = str(save_checkpoint(out_dir, d, model, optimizer, scheduler, cfg, step, position,
-                                                extra=totals()))
-            if final:
+                                                extra=totals(), metrics_row=record))
                 record["checkpoint"] = last_ckpt
             metrics.write(record)
             bar.update(1, f"reward {record['reward_mean']:.3f} loss {loss_value:.4f}")

@@ -252,8 +252,8 @@ def train_sft(cfg: RunConfig, out_dir: str | Path, resume: str | Path | None = N
             if final and eval_seqs:
                 record["eval_loss"] = evaluate_loss(model, eval_seqs, t.micro_batch, tok.pad_id, d.device)
             if final or (t.save_every and step % t.save_every == 0):
-                last_ckpt = str(save_checkpoint(out_dir, d, model, optimizer, scheduler, cfg, step, position))
-            if final:
+                last_ckpt = str(save_checkpoint(out_dir, d, model, optimizer, scheduler, cfg, step, position,
+                                                metrics_row=record))
                 record["checkpoint"] = last_ckpt
             metrics.write(record)
             bar.update(1, f"loss {loss_value:.4f}")
