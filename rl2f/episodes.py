@@ -96,36 +96,70 @@ def read_episodes(path: str | Path, skip_bad: bool = False) -> list[Episode]:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: episode file not found")
-    with path.open() as f:
+    with path.open("rb") as f:
         for lineno, line in enumerate(f, 1):
             if not line.strip():
                 continue
             try:
                 episodes.append(Episode.from_dict(json.loads(line)))
-            except (json.JSONDecodeError, TypeError, KeyError) as e:
+            except (ValueError, TypeError, KeyError, AttributeError) as e:  # ValueError: JSON, UTF-8
                 if skip_bad:
                     continue
                 raise UserError(f"{path}:{lineno}: not an episode record ({type(e).__name__}: {e})") from None
     return episodes
 
 
-def _completed_groups(path: Path, group_size: int) -> set[str]:
-    """Problem ids whose whole group is already in `path`; a torn last line is cut off."""
+def _completed_groups(path: Path, problems: list[Problem], group_size: int, problems_per_batch: int) -> set[str]:
+    """Prepare `path` for resuming and return the ids of the problems already done in it.
+
+    The problems are cut into the same batches as in the run that wrote the file, so a batch
+    is either done (each of its problems has every sample 0..G-1 exactly once) or played
+    again whole, with the same batch seed as the first time: its records already on disk are
+    dropped first. A kill mid-write leaves at most one unterminated last line, which is
+    dropped too; any other line that is not an episode record is a UserError naming it (it
+    would otherwise hide every episode after it). Records of problems outside `problems`
+    are kept as they are. The file is rewritten atomically, and only when something changes."""
     if not path.exists():
         return set()
-    counts: dict[str, int] = {}
-    good_bytes = 0
-    with path.open("rb") as f:
-        for raw in f:
-            try:
-                rec = json.loads(raw)
-            except json.JSONDecodeError:
-                break  # a run killed mid-write leaves a torn last line: drop it and resume
-            counts[rec["problem_id"]] = counts.get(rec["problem_id"], 0) + 1
-            good_bytes += len(raw)
-    with path.open("r+b") as f:
-        f.truncate(good_bytes)
-    return {pid for pid, n in counts.items() if n >= group_size}
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise UserError(f"{path}: cannot read ({e.strerror or e})") from None
+    lines = data.split(b"\n")  # the last piece is b"" when the file ends in a newline
+    torn = lines.pop() != b""
+    records: list[tuple[str, int, bytes]] = []
+    for lineno, raw in enumerate(lines, 1):
+        if not raw.strip():
+            continue
+        try:
+            rec = json.loads(raw)
+            pid, sample = rec["problem_id"], rec["sample"]
+            if not isinstance(pid, str) or not isinstance(sample, int):
+                raise TypeError("problem_id must be a string and sample an integer")
+        except (ValueError, KeyError, TypeError) as e:
+            raise UserError(f"{path}:{lineno}: not an episode record ({type(e).__name__}: {e}); remove or fix "
+                            f"the line to resume (episodes after it are kept)") from None
+        records.append((pid, sample, raw))
+    samples: dict[str, list[int]] = {}
+    for pid, sample, _ in records:
+        samples.setdefault(pid, []).append(sample)
+    complete = {pid for pid, s in samples.items() if sorted(s) == list(range(group_size))}
+    done = set()
+    for b in range(0, len(problems), problems_per_batch):
+        ids = [p.id for p in problems[b : b + problems_per_batch]]
+        if all(i in complete for i in ids):
+            done.update(ids)
+    ours = {p.id for p in problems}
+    keep = [raw for pid, _, raw in records if pid in done or pid not in ours]
+    if torn or len(keep) != len(records):
+        tmp = path.with_name(f".{path.name}.tmp")
+        try:
+            tmp.write_bytes(b"".join(raw + b"\n" for raw in keep))
+            os.replace(tmp, path)
+        except OSError as e:
+            tmp.unlink(missing_ok=True)
+            raise UserError(f"{path}: cannot rewrite it to resume ({e.strerror or e}); it is unchanged") from None
+    return done
 
 
 # --------------------------------------------------------------------------------------
@@ -233,24 +267,41 @@ class EpisodeRunner:
 def generate_to_file(runner: EpisodeRunner, problems: list[Problem], out: str | Path, group_size: int,
                      problems_per_batch: int, seed: int = 0, adapter_version: int = 0,
                      progress=None) -> Iterator[list[Episode]]:
-    """Roll out `problems` into a JSONL file, resuming: groups already complete in `out` are
-    skipped, and each batch is appended and flushed whole, so a stop loses at most one batch
-    and never duplicates an episode. Yields each new batch of episodes."""
+    """Roll out `problems` into a JSONL file, resuming: batches already complete in `out`
+    are skipped, a batch cut short is played again whole (see `_completed_groups`), and each
+    batch is appended and fsynced whole, so a stop at any byte loses at most one batch and
+    leaves every (problem, sample) exactly once. A write error (a full disk) cuts the file
+    back to its last whole batch and is a UserError naming it. Yields each new batch."""
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    done = _completed_groups(out, group_size)
-    todo = [p for p in problems if p.id not in done]
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.touch()
+    except OSError as e:
+        raise UserError(f"--out {out}: cannot write there ({e.strerror or e})") from None
+    done = _completed_groups(out, problems, group_size, problems_per_batch)
     if progress is not None:
-        progress(len(problems) - len(todo))
-    with out.open("a") as f:
-        for b in range(0, len(todo), problems_per_batch):
-            batch = todo[b : b + problems_per_batch]
+        progress(len(done & {p.id for p in problems}))
+    with out.open("ab", buffering=0) as f:  # unbuffered: nothing is left to flush after an error
+        for b in range(0, len(problems), problems_per_batch):
+            batch = problems[b : b + problems_per_batch]
+            if all(p.id in done for p in batch):
+                continue
             # The batch's seed depends on its problems, not on where a resumed run restarts.
             batch_seed = seed + sum(hash_id(p.id) for p in batch) % 1_000_003
             episodes = runner.run(batch, group_size, seed=batch_seed, adapter_version=adapter_version)
-            f.write("".join(e.to_json() + "\n" for e in episodes))
-            f.flush()
-            os.fsync(f.fileno())
+            good = f.tell()
+            try:
+                data = memoryview("".join(e.to_json() + "\n" for e in episodes).encode())
+                while data:
+                    data = data[f.write(data):]
+                os.fsync(f.fileno())
+            except OSError as e:
+                try:
+                    f.truncate(good)
+                except OSError:
+                    pass  # the next run drops the torn batch instead
+                raise UserError(f"{out}: cannot write episodes ({e.strerror or e}); the {good}-byte file "
+                                f"holds every batch before this one, and running again resumes it") from None
             if progress is not None:
                 progress(len(batch))
             yield episodes
