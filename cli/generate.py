@@ -3,8 +3,11 @@
     rl2f generate --config FILE [--set section.key=value ...] --out FILE [--adapter DIR]
 
 One record per episode (rl2f/episodes.py documents the fields). Writing into an existing
-file resumes: groups already complete there are skipped, so a stopped run loses at most the
-batch in flight and never duplicates an episode. Ends with one summary line (JSON).
+file resumes with the same --problems, config and seed: batches already complete there are
+skipped and a batch cut short is played again whole, so a run stopped at any byte loses at
+most the batch in flight and every (problem, sample) ends up in the file exactly once. A
+damaged line before the end of the file is an error naming it. Ends with one summary line
+(JSON).
 """
 from __future__ import annotations
 
@@ -36,6 +39,7 @@ def generate(config_path, overrides, out, adapter, split, n_problems, skip_bad):
     """Roll out episodes (student with the adapter, teacher from rollout.teacher) to --out."""
     from rl2f.config import RunConfig, load_config
     from rl2f.episodes import generate_to_file, read_episodes, summarize
+    from rl2f.model.loading import check_tokenizer_fits
     from rl2f.train.common import build_run, effective_max_turns
     from rl2f.train.distributed import Dist
 
@@ -45,6 +49,7 @@ def generate(config_path, overrides, out, adapter, split, n_problems, skip_bad):
             raise UserError(f"--skip-bad applies to tasks read from a file ({', '.join(FILE_TASKS)}), not {cfg.task.name}")
         cfg.task.options["skip_bad"] = True
     run = build_run(cfg, Dist(), adapter=adapter)
+    check_tokenizer_fits(run.tokenizer, run.model.config)
     run.model.eval()
     n = n_problems if n_problems is not None else (cfg.task.n_eval if split == "test" else cfg.task.n_train)
     if n < 1:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 import zlib
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -60,6 +61,7 @@ class Episode:
     token_roles: list[int]  # per token: 0 template/prompt, 1 student, 2 teacher
     token_turns: list[int]  # per token: 0-based turn of student/teacher tokens, -1 otherwise
     sampling_logprobs: list[float]  # per token: log p of sampled student tokens, 0.0 elsewhere
+    context_full: bool = False  # ended before max_turns: the next attempt would not fit the model's context
 
     @property
     def solved_at(self) -> int | None:
@@ -169,16 +171,26 @@ def _completed_groups(path: Path, problems: list[Problem], group_size: int, prob
 class EpisodeRunner:
     """Plays batched multi-turn episodes between a student (engine, adapter on) and a teacher."""
 
-    def __init__(self, task: Task, engine, tokenizer, teacher, sampling_params, max_turns: int):
+    def __init__(self, task: Task, engine, tokenizer, teacher, sampling_params, max_turns: int,
+                 max_len: int | None = None, overlong: str = "skip"):
+        """max_len: the engine's context, prompt + generated tokens per sequence (None: no
+        limit is checked); overlong: what a dialogue that outgrows it does (rollout.overlong):
+        "skip" ends the episode (context_full) and skips a problem whose prompt cannot fit,
+        with a warning naming it; "error" raises a UserError naming the problem."""
         if max_turns < 1:
             raise UserError(f"max_turns must be >= 1, got {max_turns}")
+        if overlong not in ("skip", "error"):
+            raise UserError(f"rollout.overlong must be 'skip' or 'error', got {overlong!r}")
         self.task = task
         self.engine = engine
         self.tokenizer = tokenizer
         self.teacher = teacher
         self.sampling_params = sampling_params
         self.max_turns = max_turns
+        self.max_len = max_len
+        self.overlong = overlong
         self.turn_end_id = tokenizer.stop_ids[0]  # closes an attempt cut at max_tokens
+        self._max_token_chars: int | None = None
 
     def initial_messages(self, problem: Problem) -> list[dict]:
         messages = []
@@ -200,14 +212,19 @@ class EpisodeRunner:
     def run(self, problems: list[Problem], group_size: int = 1, seed: int = 0, adapter_version: int = 0) -> list[Episode]:
         """Play `group_size` episodes for each problem; returns them problem by problem."""
         episodes: list[Episode] = []
+        fitting = []
         for p in problems:
             messages = self.initial_messages(p)
-            prompt = self.tokenizer.apply_chat(messages, add_generation_prompt=True)
+            prompt = self._prompt_that_fits(p, messages)
+            if prompt is None:
+                continue
+            fitting.append(p)
             for g in range(group_size):
                 episodes.append(
                     Episode(p.id, self.task.name, g, adapter_version, seed, [dict(m) for m in messages], [],
                             list(prompt), [Role.TEMPLATE] * len(prompt), [-1] * len(prompt), [0.0] * len(prompt))
                 )
+        problems = fitting
         by_problem = {p.id: p for p in problems}
         active = list(range(len(episodes)))
         for turn in range(self.max_turns):
@@ -244,24 +261,65 @@ class EpisodeRunner:
                 ep.turns.append(Turn(c.text, verdict.answer, verdict.correct, 1.0 if verdict.correct else 0.0,
                                      c.finish_reason, detail=verdict.detail))
                 ep.messages.append({"role": "assistant", "content": c.text})
-                if not verdict.correct and turn + 1 < self.max_turns:
+                if not verdict.correct and turn + 1 < self.max_turns and self._room(ep, turn, 1):
                     needs_feedback.append(i)
                     requests.append(FeedbackRequest(problem, c.text, verdict, list(ep.messages), list(ep.token_ids)))
 
             feedback = self.teacher.feedback(requests) if requests else []
+            going_on = []
             for i, fb in zip(needs_feedback, feedback):
                 ep = episodes[i]
+                ids, owner = feedback_turn_tokens(self.tokenizer, fb.text)
+                if not self._room(ep, turn, len(ids) + 1):  # feedback and one more token must fit
+                    continue
+                going_on.append(i)
                 t = ep.turns[-1]
                 t.feedback, t.leak_flagged, t.leak_reasons = fb.text, fb.leak_flagged, list(fb.leak_reasons)
-                ids, owner = feedback_turn_tokens(self.tokenizer, fb.text)
                 roles = [Role.TEACHER if o else Role.TEMPLATE for o in owner]
                 ep.token_ids += ids
                 ep.token_roles += roles
                 ep.token_turns += [turn if r == Role.TEACHER else -1 for r in roles]
                 ep.sampling_logprobs += [0.0] * len(ids)
                 ep.messages.append({"role": "user", "content": fb.text})
-            active = needs_feedback
+            active = going_on
         return episodes
+
+    # --- dialogues longer than the context (rollout.overlong)
+
+    def _prompt_that_fits(self, problem: Problem, messages: list[dict]) -> list[int] | None:
+        """The problem's prompt ids, or None (skipped, with a warning naming it) when even the
+        prompt leaves no room for one generated token. A prompt longer in characters than
+        max_len tokens of the vocabulary's longest token cannot fit and is not tokenised
+        at all (a 10 MB prompt would take seconds and gigabytes to find that out)."""
+        if self.max_len is not None:
+            if self._max_token_chars is None:
+                self._max_token_chars = max(map(len, self.tokenizer.backend.get_vocab()), default=1)
+            chars = sum(len(m["content"]) for m in messages)
+            if chars > self.max_len * self._max_token_chars:
+                return self._overlong(problem, f"its prompt of {chars} characters")
+        prompt = self.tokenizer.apply_chat(messages, add_generation_prompt=True)
+        if self.max_len is not None and len(prompt) >= self.max_len:
+            return self._overlong(problem, f"its prompt of {len(prompt)} tokens")
+        return prompt
+
+    def _overlong(self, problem: Problem, what: str) -> None:
+        msg = f"problem {problem.id!r}: {what} cannot fit the model's context of {self.max_len} tokens"
+        if self.overlong == "error":
+            raise UserError(f"{msg} (rollout.overlong = \"skip\" skips such problems)")
+        warnings.warn(f"{msg}; skipped")
+        return None
+
+    def _room(self, ep: Episode, turn: int, tokens: int) -> bool:
+        """Whether `tokens` more fit after the dialogue so far; if not, the episode ends here
+        (context_full) or, under rollout.overlong = "error", the run stops naming it."""
+        if self.max_len is None or len(ep.token_ids) + tokens <= self.max_len:
+            return True
+        if self.overlong == "error":
+            raise UserError(f"problem {ep.problem_id!r} sample {ep.sample}: after turn {turn + 1} the dialogue "
+                            f"({len(ep.token_ids)} tokens) leaves no room in the model's context of "
+                            f"{self.max_len} tokens (rollout.overlong = \"skip\" ends such episodes)")
+        ep.context_full = True
+        return False
 
 
 def generate_to_file(runner: EpisodeRunner, problems: list[Problem], out: str | Path, group_size: int,

@@ -367,8 +367,14 @@ def _read_config(cfg_path: Path) -> dict:
     r = cfg["r"]
     if not isinstance(r, int) or isinstance(r, bool) or r < 1:
         raise UserError(f"{cfg_path}: r must be an integer >= 1, got {r!r}")
-    if not isinstance(cfg["lora_alpha"], (int, float)) or isinstance(cfg["lora_alpha"], bool):
-        raise UserError(f"{cfg_path}: lora_alpha must be a number, got {cfg['lora_alpha']!r}")
+    alpha = cfg["lora_alpha"]
+    if not isinstance(alpha, (int, float)) or isinstance(alpha, bool) or not math.isfinite(alpha) or alpha <= 0:
+        # json reads NaN and Infinity; alpha 0 scales the adapter (and its gradient) to zero
+        raise UserError(f"{cfg_path}: lora_alpha must be a finite number > 0, got {alpha!r}")
+    dropout = cfg.get("lora_dropout")
+    if dropout is not None and (not isinstance(dropout, (int, float)) or isinstance(dropout, bool)
+                                or not 0 <= dropout < 1):
+        raise UserError(f"{cfg_path}: lora_dropout must be a number in [0, 1), got {dropout!r}")
     # Features that change the maths; refuse rather than silently compute something else.
     unsupported = {
         "use_dora": lambda v: bool(v), "fan_in_fan_out": lambda v: bool(v),
@@ -444,6 +450,11 @@ def load_adapter(model: nn.Module, directory: str | os.PathLike, seed: int | Non
             raise UserError(f"{w_path}: key '{key}' targets '{last}', which rl2f's LoRA does not "
                             f"support (supported: {', '.join(TARGETS)})")
         ab = m["ab"]
+        if not t.is_floating_point():
+            raise UserError(f"{w_path}: key '{key}' has dtype {t.dtype}; LoRA weights must be floating point "
+                            f"(F32, F16 or BF16)")
+        if not torch.isfinite(t).all():
+            raise UserError(f"{w_path}: key '{key}' holds non-finite values (nan or inf)")
         if t.ndim != 2:
             raise UserError(f"{w_path}: key '{key}' has shape {tuple(t.shape)}, expected a matrix")
         # A: (r, in), B: (out, r)

@@ -119,7 +119,7 @@ def build_run(cfg: RunConfig, d: Dist, adapter: str | Path | None = None, task=N
     run.task = task
     if with_engine:
         run.engine = build_engine(cfg, model, tokenizer, path, d)
-        run.runner = build_runner(cfg, run.engine, tokenizer, task)
+        run.runner = build_runner(cfg, run.engine, tokenizer, task, max_len=model.config.max_position_embeddings)
     return run
 
 
@@ -136,13 +136,14 @@ def build_engine(cfg: RunConfig, model, tokenizer, path: Path, d: Dist):
                        gpu_memory_utilization=0.45, seed=cfg.rollout.seed, enable_prefix_caching=True, **extra)
 
 
-def build_runner(cfg: RunConfig, engine, tokenizer, task):
+def build_runner(cfg: RunConfig, engine, tokenizer, task, max_len: int | None = None):
     from rl2f.episodes import EpisodeRunner
     from rl2f.teacher import make_teacher
 
     teacher_params = replace(student_sampling_params(cfg), max_tokens=cfg.rollout.teacher_max_new_tokens)
     teacher = make_teacher(cfg.rollout.teacher, task, engine, tokenizer, teacher_params, cfg.rollout.leak_guard_tries)
-    return EpisodeRunner(task, engine, tokenizer, teacher, student_sampling_params(cfg), effective_max_turns(cfg))
+    return EpisodeRunner(task, engine, tokenizer, teacher, student_sampling_params(cfg), effective_max_turns(cfg),
+                         max_len=max_len, overlong=cfg.rollout.overlong)
 
 
 def start_run(cfg: RunConfig, out_dir: str | Path, resume, d: Dist | None, task, init_adapter,
@@ -152,6 +153,7 @@ def start_run(cfg: RunConfig, out_dir: str | Path, resume, d: Dist | None, task,
     metrics file to end at the checkpoint's step, seed, and build the run with the adapter to
     start from (the checkpoint's, else `init_adapter` / `train.init_adapter`, else a fresh
     LoRA). Returns (out_dir, d, checkpoint dir or None, trainer state or None, run)."""
+    from rl2f.model.loading import check_tokenizer_fits
     from rl2f.train.checkpoint import check_resume_config, find_checkpoint, load_trainer_state
 
     out_dir = Path(out_dir)
@@ -169,6 +171,7 @@ def start_run(cfg: RunConfig, out_dir: str | Path, resume, d: Dist | None, task,
     seed_everything(cfg.train.seed + d.rank)  # a resume then restores the saved RNG states
     init = init_adapter or cfg.train.init_adapter or None
     run = build_run(cfg, d, adapter=ckpt / "adapter" if ckpt else init, task=task, with_engine=with_engine)
+    check_tokenizer_fits(run.tokenizer, run.model.config)
     return out_dir, d, ckpt, state, run
 
 

@@ -81,7 +81,7 @@ class RolloutBatch:
 
 def stat_names(max_turns: int) -> list[str]:
     return (["episodes", "groups", "zero_var_groups", "reward_sum", "return1_sum", "student_tokens",
-             "sampling_lp_sum", "loss_tokens", "teacher_tokens", "tokens", "turns", "kept_turns"]
+             "sampling_lp_sum", "loss_tokens", "teacher_tokens", "tokens", "turns", "kept_turns", "context_full"]
             + [f"solved_by_{t + 1}" for t in range(max_turns)])
 
 
@@ -106,6 +106,7 @@ def episode_sequences(episodes, cfg: RunConfig) -> tuple[list[TrainSequence], li
             seq = TrainSequence(list(e.token_ids), list(e.token_roles), mask, tok_adv, list(e.sampling_logprobs))
             rewards = [turn.reward for turn in e.turns]
             s["episodes"] += 1
+            s["context_full"] += e.context_full
             s["reward_sum"] += sum(rewards)
             s["return1_sum"] += sum(t.gamma ** k * r for k, r in enumerate(rewards))
             s["turns"] += len(keep)
@@ -293,6 +294,10 @@ def train_grpo(cfg: RunConfig, out_dir: str | Path, resume: str | Path | None = 
                 # -mean log p of the sampled tokens: a Monte Carlo estimate of the policy entropy
                 "entropy": -stats["sampling_lp_sum"] / max(stats["student_tokens"], 1),
                 "grad_norm": grad_norm, "lr": lr, "skipped": not has_loss,
+                # over-long dialogues (rollout.overlong = "skip"): episodes ended at the context,
+                # and problems whose prompt could not fit at all
+                "context_full": stats["context_full"],
+                "skipped_problems": t.grad_accum * d.world_size * cfg.rollout.problems_per_batch - stats["groups"],
                 "loss_tokens": n_loss, "student_tokens": stats["student_tokens"], "tokens": stats["tokens"],
                 "tokens_per_s": stats["tokens"] / seconds,
                 "gen_tokens_per_s": stats["student_tokens"] / max(batch.rollout_s, 1e-9),
