@@ -58,9 +58,12 @@ def generate(config_path, overrides, out, adapter, split, n_problems, skip_bad):
 
     start = time.perf_counter()
     new = []
-    with click.progressbar(length=len(problems), label="problems", file=sys.stderr) as bar:
-        for batch in generate_to_file(run.runner, problems, out, cfg.rollout.group_size, cfg.rollout.problems_per_batch,
-                                      seed=cfg.rollout.seed, progress=bar.update):
+    bar = click.progressbar(length=len(problems), label="problems", file=sys.stderr)
+    # The file is checked before the bar is shown (entered), so a bad one is a single line.
+    batches = generate_to_file(run.runner, problems, out, cfg.rollout.group_size, cfg.rollout.problems_per_batch,
+                               seed=cfg.rollout.seed, progress=bar.update)
+    with bar:
+        for batch in batches:
             new.extend(batch)
     seconds = time.perf_counter() - start
     ids = {p.id for p in problems}

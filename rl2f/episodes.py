@@ -329,7 +329,9 @@ def generate_to_file(runner: EpisodeRunner, problems: list[Problem], out: str | 
     are skipped, a batch cut short is played again whole (see `_completed_groups`), and each
     batch is appended and fsynced whole, so a stop at any byte loses at most one batch and
     leaves every (problem, sample) exactly once. A write error (a full disk) cuts the file
-    back to its last whole batch and is a UserError naming it. Yields each new batch."""
+    back to its last whole batch and is a UserError naming it. The file is checked and
+    prepared when this is called (so a bad file fails before any progress is shown); the
+    returned iterator plays the batches and yields each new one."""
     out = Path(out)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -337,6 +339,11 @@ def generate_to_file(runner: EpisodeRunner, problems: list[Problem], out: str | 
     except OSError as e:
         raise UserError(f"--out {out}: cannot write there ({e.strerror or e})") from None
     done = _completed_groups(out, problems, group_size, problems_per_batch)
+    return _play_into(runner, problems, out, done, group_size, problems_per_batch, seed, adapter_version, progress)
+
+
+def _play_into(runner, problems, out: Path, done: set[str], group_size, problems_per_batch, seed, adapter_version,
+               progress) -> Iterator[list[Episode]]:
     if progress is not None:
         progress(len(done & {p.id for p in problems}))
     with out.open("ab", buffering=0) as f:  # unbuffered: nothing is left to flush after an error

@@ -194,3 +194,17 @@ def test_tokenizer_with_ids_beyond_the_vocabulary(tmp_path, tiny):
     cfg["vocab_size"] = vocab
     (ckpt / "config.json").write_text(json.dumps(cfg))
     assert_one_line(*generate_with(ckpt, tmp_path), "tokenizer", f"vocab_size {vocab}")
+
+
+def test_generate_resume_names_a_bad_line_before_the_end(tmp_path, tiny):
+    """`rl2f generate` into a file with a damaged line before its end: one line naming
+    file:line, and the file is left as it was (it used to drop every later episode)."""
+    out = tmp_path / "eps.jsonl"
+    args = ["generate", "--set", f'model.path="{tiny}"', *SMALL, "--problems", "2", "--out", str(out)]
+    code, text = cli_run(*args)
+    assert code == 0, text
+    lines = out.read_text().splitlines()
+    lines[1] = lines[1][:20]
+    out.write_text("\n".join(lines) + "\n")
+    assert_one_line(*cli_run(*args), f"{out}:2")
+    assert out.read_text() == "\n".join(lines) + "\n"
