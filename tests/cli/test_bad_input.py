@@ -208,3 +208,30 @@ def test_generate_resume_names_a_bad_line_before_the_end(tmp_path, tiny):
     out.write_text("\n".join(lines) + "\n")
     assert_one_line(*cli_run(*args), f"{out}:2")
     assert out.read_text() == "\n".join(lines) + "\n"
+
+
+def test_generate_to_an_impossible_out(tmp_path, tiny):
+    (tmp_path / "file").write_text("x")
+    out = tmp_path / "file" / "eps.jsonl"
+    assert_one_line(*cli_run("generate", "--set", f'model.path="{tiny}"', *SMALL, "--problems", "1",
+                             "--out", str(out)), out)
+
+
+def test_a_disk_error_anywhere_is_one_line(tmp_path, monkeypatch):
+    """A full disk that reaches the CLI from a write without its own message (a vLLM adapter
+    hand-off, an evaluation report) is still one line with the path; other errors keep their
+    traceback (they are bugs)."""
+    import errno
+    import os
+
+    import rl2f.train
+
+    def full(*a, **k):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), "/runs/x/adapters/v000003")
+
+    monkeypatch.setattr(rl2f.train, "train", full)
+    line = assert_one_line(*cli_run("train", "--out", str(tmp_path / "run")), "/runs/x/adapters/v000003")
+    assert "No space left on device" in line
+    monkeypatch.setattr(rl2f.train, "train", lambda *a, **k: 1 / 0)
+    r = CliRunner().invoke(cli, ["train", "--out", str(tmp_path / "run2")])
+    assert isinstance(r.exception, ZeroDivisionError)
