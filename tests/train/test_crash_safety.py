@@ -277,19 +277,24 @@ def test_damaged_checkpoint_files_are_one_line_naming_them(tmp_path, finished):
     one_line_error(*cli_train("--resume", str(out), "--set", "train.max_steps=3"), rng, "step-000001")
 
 
-def test_unwritable_or_impossible_out_is_one_line(tmp_path, sft_cfg):
-    """A read-only --out and an --out below a file stop before any work, naming the path."""
+def test_unwritable_or_impossible_out_is_one_line(tmp_path, sft_cfg, monkeypatch):
+    """A read-only --out (a read-only file system, simulated: the tests may run as root,
+    whom mode bits do not stop) and an --out below a file stop before any work, naming the
+    path."""
     args = ["--method", "sft", "--set", f'model.path="{sft_cfg.model.path}"',
             "--set", f'train.sft_data="{sft_cfg.train.sft_data}"', "--set", "train.max_steps=1"]
     ro = tmp_path / "ro"
-    ro.mkdir()
-    ro.chmod(0o500)
-    try:
-        if os.access(ro, os.W_OK):
-            pytest.skip("running as root: permissions do not stop writes")  # root ignores mode bits
-        one_line_error(*cli_train(*args, "--out", str(ro / "run")), ro / "run")
-    finally:
-        ro.chmod(0o700)
+    real_mkdir = Path.mkdir
+
+    def mkdir(path, *a, **k):
+        if ro in path.parents or path == ro:
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
+        return real_mkdir(path, *a, **k)
+
+    monkeypatch.setattr(Path, "mkdir", mkdir)
+    line = one_line_error(*cli_train(*args, "--out", str(ro / "run")), ro / "run")
+    assert "Read-only file system" in line and not ro.exists()
+    monkeypatch.setattr(Path, "mkdir", real_mkdir)
     (tmp_path / "file").write_text("x")
     one_line_error(*cli_train(*args, "--out", str(tmp_path / "file" / "run")), tmp_path / "file" / "run")
 
