@@ -315,9 +315,7 @@ def peft_config_dict(model: nn.Module) -> dict:
 def save_adapter(model: nn.Module, directory: str | os.PathLike) -> Path:
     """Write the adapter as a PEFT directory. Atomic: files go to a temporary sibling
     directory which is then renamed into place, so a crash leaves the old adapter or the
-    new one, never half of one."""
-    from safetensors.torch import save_file
-
+    new one, never half of one. A write error is an OSError naming the file."""
     if getattr(model, "lora_config", None) is None:
         raise UserError(f"save_adapter({directory}): the model has no LoRA applied")
     directory = Path(directory)
@@ -332,7 +330,7 @@ def save_adapter(model: nn.Module, directory: str | os.PathLike) -> Path:
     directory.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
     try:
-        save_file(tensors, str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
+        _save_safetensors(tensors, tmp / WEIGHTS_FILE)
         (tmp / CONFIG_FILE).write_text(json.dumps(peft_config_dict(model), indent=2, sort_keys=True))
         if directory.exists():
             # A directory cannot be renamed over a non-empty one: move the old one aside first.
@@ -346,6 +344,21 @@ def save_adapter(model: nn.Module, directory: str | os.PathLike) -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return directory
+
+
+def _save_safetensors(tensors: dict, file: Path) -> None:
+    """safetensors' save_file, with an I/O failure (a full disk) raised as the OSError it is
+    (safetensors reports it as a SafetensorError carrying only "os error N" in its text)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import save_file
+
+    try:
+        save_file(tensors, str(file), metadata={"format": "pt"})
+    except SafetensorError as e:
+        code = re.search(r"os error (\d+)", str(e))
+        if code is None:
+            raise
+        raise OSError(int(code[1]), os.strerror(int(code[1])), str(file)) from None
 
 
 def _read_config(cfg_path: Path) -> dict:

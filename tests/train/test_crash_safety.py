@@ -325,6 +325,23 @@ def test_full_disk_on_the_first_checkpoint_names_the_path_and_leaves_a_startable
     assert train(sft_cfg, out)["step"] == 3
 
 
+def test_full_disk_on_the_adapter_names_the_file(tmp_path, sft_cfg, monkeypatch):
+    """safetensors reports a full disk as a SafetensorError ("... (os error 28)", its text on
+    a full tmpfs): it is one UserError naming the adapter file, like any other disk error."""
+    import safetensors.torch
+    from safetensors import SafetensorError
+
+    from rl2f.train import train
+
+    def full(*a, **k):
+        raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+    monkeypatch.setattr(safetensors.torch, "save_file", full)
+    with pytest.raises(UserError, match=r"adapter_model\.safetensors: cannot write checkpoint step-000001 "
+                                        r"\(No space left on device\); no complete checkpoint was kept"):
+        train(sft_cfg, tmp_path / "run")
+
+
 def test_full_disk_on_a_metrics_row_names_the_file(tmp_path, sft_cfg, monkeypatch):
     """ENOSPC on the metrics row: one line naming metrics.jsonl and what is kept."""
     from rl2f.train import train
