@@ -70,6 +70,8 @@ def generate(config_path, overrides, out, adapter, split, n_problems, skip_bad):
     summary = summarize([e for e in read_episodes(out) if e.problem_id in ids], effective_max_turns(cfg))
     summary["new_episodes"] = len(new)
     summary["tokens_per_s"] = round(summarize(new, 1)["student_tokens"] / seconds, 1) if new else 0.0
+    if summary["problems"] < len(problems):  # prompts that cannot fit the context (rollout.overlong)
+        summary["skipped_problems"] = len(problems) - summary["problems"]
     if getattr(run.task, "skipped", 0):
         summary["skipped_lines"] = run.task.skipped
     click.echo(json.dumps(summary))

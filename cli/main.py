@@ -9,16 +9,24 @@ from __future__ import annotations
 
 import errno
 import sys
+import warnings
 
 import click
 
 from rl2f.errors import UserError
 
 
+def _one_line_warning(message, category, filename, lineno, file=None, line=None):
+    # A warning is for the user (a skipped problem, a skipped tensor): its text, not our source line.
+    click.echo(f"warning: {message}", err=True)
+
+
 class _Group(click.Group):
     def invoke(self, ctx):
         try:
-            return super().invoke(ctx)
+            with warnings.catch_warnings():
+                warnings.showwarning = _one_line_warning
+                return super().invoke(ctx)
         except UserError as e:
             click.echo(f"error: {e}", err=True)
             sys.exit(2)

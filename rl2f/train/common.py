@@ -165,7 +165,7 @@ def start_run(cfg: RunConfig, out_dir: str | Path, resume, d: Dist | None, task,
         from rl2f.train.distributed import init_distributed
 
         d = init_distributed(cfg.model.device)
-    check_out_dir(out_dir, resuming=ckpt is not None)
+    check_out_dir(out_dir, resuming=ckpt is not None, is_main=d.is_main)
     if ckpt is not None and d.is_main:
         Metrics.resume(out_dir / "metrics.jsonl", state["step"], state.get("metrics_row"))
     seed_everything(cfg.train.seed + d.rank)  # a resume then restores the saved RNG states
@@ -175,7 +175,7 @@ def start_run(cfg: RunConfig, out_dir: str | Path, resume, d: Dist | None, task,
     return out_dir, d, ckpt, state, run
 
 
-def check_out_dir(out_dir: Path, resuming: bool) -> None:
+def check_out_dir(out_dir: Path, resuming: bool, is_main: bool = True) -> None:
     """A fresh run never mixes with an old one's checkpoints, metrics or dialogues, and the
     directory must be writable before any work is done. A directory whose run stopped before
     its first checkpoint was complete holds nothing to resume: a fresh run clears it."""
@@ -187,7 +187,8 @@ def check_out_dir(out_dir: Path, resuming: bool) -> None:
         if complete_checkpoints(out_dir):
             raise UserError(f"--out {out_dir}: holds a previous run; continue it with --resume {out_dir} "
                             "or choose another --out")
-        shutil.rmtree(out_dir / "checkpoints", ignore_errors=True)  # only partial ones: see above
+        if is_main:  # one rank clears; the others only check
+            shutil.rmtree(out_dir / "checkpoints", ignore_errors=True)  # only partial ones: see above
     probe = out_dir / f".write-test-{os.getpid()}"
     try:
         out_dir.mkdir(parents=True, exist_ok=True)

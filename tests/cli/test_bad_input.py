@@ -235,3 +235,22 @@ def test_a_disk_error_anywhere_is_one_line(tmp_path, monkeypatch):
     monkeypatch.setattr(rl2f.train, "train", lambda *a, **k: 1 / 0)
     r = CliRunner().invoke(cli, ["train", "--out", str(tmp_path / "run2")])
     assert isinstance(r.exception, ZeroDivisionError)
+
+
+def test_a_10_mb_prompt_is_one_warning_naming_it(tmp_path, tiny):
+    """A 10 MB problem in a math file: skipped with one warning line naming it (it took 25 s
+    and 2.8 GB before a line that named nothing); the other problems are generated."""
+    data = tmp_path / "runs-big.jsonl"
+    lines = [json.dumps({"problem": f"What is {i} + 3?", "answer": str(i + 3)}) for i in range(20)]
+    lines.insert(3, json.dumps({"problem": "x" * 10_000_000, "answer": "1"}))  # in the test split
+    data.write_text("\n".join(lines) + "\n")
+    out = tmp_path / "eps.jsonl"
+    code, text = cli_run("generate", "--set", f'model.path="{tiny}"', "--set", "task.name=math",
+                         "--set", f"task.options.path='{data}'", "--set", "rollout.group_size=2",
+                         "--set", "rollout.max_turns=1", "--set", "rollout.max_new_tokens=4",
+                         "--split", "test", "--problems", "5", "--out", str(out))
+    assert code == 0, text[:2000]
+    warn = [l for l in text.splitlines() if l.startswith("warning:")]
+    assert len(warn) == 1 and "problem 'runs-big.jsonl:4'" in warn[0] and "skipped" in warn[0], text[:2000]
+    summary = json.loads(text.strip().splitlines()[-1])
+    assert (summary["problems"], summary["skipped_problems"]) == (4, 1)
