@@ -119,8 +119,9 @@ def _completed_groups(path: Path, problems: list[Problem], group_size: int, prob
     again whole, with the same batch seed as the first time: its records already on disk are
     dropped first. A kill mid-write leaves at most one unterminated last line, which is
     dropped too; any other line that is not an episode record is a UserError naming it (it
-    would otherwise hide every episode after it). Records of problems outside `problems`
-    are kept as they are. The file is rewritten atomically, and only when something changes."""
+    would otherwise hide every episode after it), and so is a sample index outside the group
+    (a file written with a larger group_size). Records of problems outside `problems` are
+    kept as they are. The file is rewritten atomically, and only when something changes."""
     if not path.exists():
         return set()
     try:
@@ -142,8 +143,13 @@ def _completed_groups(path: Path, problems: list[Problem], group_size: int, prob
             raise UserError(f"{path}:{lineno}: not an episode record ({type(e).__name__}: {e}); remove or fix "
                             f"the line to resume (episodes after it are kept)") from None
         records.append((pid, sample, raw))
+    ours = {p.id for p in problems}
     samples: dict[str, list[int]] = {}
     for pid, sample, _ in records:
+        if pid in ours and not 0 <= sample < group_size:
+            # written with a larger group: replaying would throw those episodes away
+            raise UserError(f"{path}: holds sample {sample} of problem {pid!r}, outside rollout.group_size="
+                            f"{group_size}: the file was written with another group size; choose another --out")
         samples.setdefault(pid, []).append(sample)
     complete = {pid for pid, s in samples.items() if sorted(s) == list(range(group_size))}
     done = set()
@@ -151,7 +157,6 @@ def _completed_groups(path: Path, problems: list[Problem], group_size: int, prob
         ids = [p.id for p in problems[b : b + problems_per_batch]]
         if all(i in complete for i in ids):
             done.update(ids)
-    ours = {p.id for p in problems}
     keep = [raw for pid, _, raw in records if pid in done or pid not in ours]
     if torn or len(keep) != len(records):
         tmp = path.with_name(f".{path.name}.tmp")

@@ -132,3 +132,15 @@ def test_a_full_disk_cuts_back_to_the_last_batch_and_resumes(tmp_path, reference
     assert path.read_bytes() == b"".join(reference.splitlines(keepends=True)[: 2 * G * PER_BATCH])
     generate(path)
     assert path.read_bytes() == reference
+
+
+def test_a_file_from_a_larger_group_is_refused(tmp_path, reference):
+    """Samples beyond group_size mean the file was written with a larger group: resuming
+    would replay (and so drop) those episodes, so it is refused, naming the file."""
+    path = tmp_path / "eps.jsonl"
+    rec = json.loads(reference.splitlines()[0])
+    rec["sample"] = G + 1
+    path.write_bytes(reference + json.dumps(rec).encode() + b"\n")
+    with pytest.raises(UserError, match=rf"{path}: holds sample {G + 1} of problem 'p0', outside "
+                                        rf"rollout.group_size={G}"):
+        generate(path)
