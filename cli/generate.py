@@ -3,8 +3,11 @@
     rl2f generate --config FILE [--set section.key=value ...] --out FILE [--adapter DIR]
 
 One record per episode (rl2f/episodes.py documents the fields). Writing into an existing
-file resumes: groups already complete there are skipped, so a stopped run loses at most the
-batch in flight and never duplicates an episode. Ends with one summary line (JSON).
+file resumes with the same --problems, config and seed: batches already complete there are
+skipped and a batch cut short is played again whole, so a run stopped at any byte loses at
+most the batch in flight and every (problem, sample) ends up in the file exactly once. A
+damaged line before the end of the file is an error naming it. Ends with one summary line
+(JSON).
 """
 from __future__ import annotations
 
@@ -54,9 +57,12 @@ def generate(config_path, overrides, out, adapter, split, n_problems, skip_bad):
 
     start = time.perf_counter()
     new = []
-    with click.progressbar(length=len(problems), label="problems", file=sys.stderr) as bar:
-        for batch in generate_to_file(runner, problems, out, cfg.rollout.group_size, cfg.rollout.problems_per_batch,
-                                      progress=bar.update):
+    bar = click.progressbar(length=len(problems), label="problems", file=sys.stderr)
+    # The file is checked before the bar is shown (entered), so a bad one is a single line.
+    batches = generate_to_file(runner, problems, out, cfg.rollout.group_size, cfg.rollout.problems_per_batch,
+                               progress=bar.update)
+    with bar:
+        for batch in batches:
             new.extend(batch)
     seconds = time.perf_counter() - start
     ids = {p.id for p in problems}
@@ -64,6 +70,8 @@ def generate(config_path, overrides, out, adapter, split, n_problems, skip_bad):
                         tokenizer=run.tokenizer)
     summary["new_episodes"] = len(new)
     summary["tokens_per_s"] = round(summarize(new, 1)["student_tokens"] / seconds, 1) if new else 0.0
+    if summary["problems"] < len(problems):  # prompts that cannot fit the context (rollout.overlong)
+        summary["skipped_problems"] = len(problems) - summary["problems"]
     if getattr(run.task, "skipped", 0):
         summary["skipped_lines"] = run.task.skipped
     click.echo(json.dumps(summary))

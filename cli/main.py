@@ -1,24 +1,44 @@
 """The `rl2f` click group. Each command lives in its own module and is registered here.
 
 Errors a user can fix (a bad file, a wrong config key) are raised as `rl2f.errors.UserError`
-and printed as one line, without a traceback; anything else is a bug and keeps its traceback.
+and printed as one line, without a traceback; so is a disk error (full disk, quota,
+read-only or forbidden path) that reaches the top, with the path it names. Anything else is
+a bug and keeps its traceback.
 """
 from __future__ import annotations
 
+import errno
 import sys
+import warnings
 
 import click
 
 from rl2f.errors import UserError
 
 
+def _one_line_warning(message, category, filename, lineno, file=None, line=None):
+    # A warning is for the user (a skipped problem, a skipped tensor): its text, not our source line.
+    click.echo(f"warning: {message}", err=True)
+
+
 class _Group(click.Group):
     def invoke(self, ctx):
         try:
-            return super().invoke(ctx)
+            with warnings.catch_warnings():
+                warnings.showwarning = _one_line_warning
+                return super().invoke(ctx)
         except UserError as e:
             click.echo(f"error: {e}", err=True)
             sys.exit(2)
+        except OSError as e:
+            if e.errno not in _DISK_ERRORS:
+                raise
+            click.echo(f"error: {e.filename or 'a write'}: {e.strerror}", err=True)
+            sys.exit(2)
+
+
+# The environment, not a bug: the path and the reason are all a user needs.
+_DISK_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})

@@ -12,6 +12,8 @@ loader re-raises it as a `UserError` prefixed with the table name.
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
 import types
 import typing
 from pathlib import Path
@@ -35,7 +37,11 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: list[st
         if not path.is_file():
             raise UserError(f"{path}: config file not found")
         try:
-            data = tomllib.loads(path.read_text())
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except UnicodeDecodeError as e:
+            raise UserError(f"{path}: not UTF-8 text (TOML must be UTF-8): byte {e.start}") from None
+        except OSError as e:
+            raise UserError(f"{path}: cannot read: {e.strerror or e}") from None
         except tomllib.TOMLDecodeError as e:
             raise UserError(f"{path}: not valid TOML: {e}") from None
     for item in overrides:
@@ -96,20 +102,37 @@ def _convert(hint, value, where: str, key: str):
         (item_hint, *_) = get_args(hint) or (Any,)
         items = [_convert(item_hint, v, where, f"{key}[{i}]") for i, v in enumerate(value)]
         return items if origin is list else tuple(items)
-    if origin is dict:
+    if origin is dict or hint is dict:
         if not isinstance(value, dict):
             raise UserError(f"{where}: {key} must be a table, got {type(value).__name__}")
         return dict(value)
     if hint is Any:
         return value
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
+        value = float(_int64(value, where, key))
     if hint in (int, float, str, bool):
         # bool is a subclass of int in Python: refuse `max_steps = true`.
         if not isinstance(value, hint) or (hint is int and isinstance(value, bool)):
-            raise UserError(f"{where}: {key} must be {hint.__name__}, got {type(value).__name__} {value!r}")
+            raise UserError(f"{where}: {key} must be {hint.__name__}, got {type(value).__name__} {_short(value)}")
+        if hint is int:
+            _int64(value, where, key)
+        if hint is float and not math.isfinite(value):
+            # nan passes every `x < 0` range check and then poisons the run: refuse it here.
+            raise UserError(f"{where}: {key} must be a finite number, got {value!r}")
         return value
     return value
+
+
+def _int64(value: int, where: str, key: str) -> int:
+    """TOML integers are 64-bit; tomllib accepts any size, so the limit is checked here."""
+    if not -2**63 <= value < 2**63:
+        raise UserError(f"{where}: {key} = {_short(value)} does not fit in 64 bits (TOML integers are 64-bit)")
+    return value
+
+
+def _short(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else f"{text[:40]}... ({len(text)} characters)"
 
 
 def apply_override(data: dict[str, Any], item: str) -> None:
@@ -138,13 +161,25 @@ def apply_override(data: dict[str, Any], item: str) -> None:
 class ModelSection:
     path: str = ""  # HF checkpoint dir; "" = the embedded tiny model (built on first use)
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"  # frozen base weights
-    device: str = "auto"  # "auto" = cuda when available, else cpu
+    device: str = "auto"  # "auto" = cuda when available, else cpu; or "cpu", "cuda", "cuda:N"
     tiny_family: Literal["gemma3", "llama", "qwen2", "qwen3"] = "gemma3"  # embedded model's family
     tiny_seed: int = 0  # init seed of the embedded model
 
     def __post_init__(self):
         if self.path == "" and self.tiny_seed < 0:
             raise ValueError("tiny_seed must be >= 0")
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device):
+            raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
+        if self.device.startswith("cuda"):
+            import torch  # only here: reading a config otherwise needs no torch
+
+            if not torch.cuda.is_available():
+                raise ValueError(f"device is {self.device!r} but this torch {torch.__version__} sees no CUDA "
+                                 f"device; use \"auto\" or \"cpu\"")
+            index = int(self.device.partition(":")[2] or 0)
+            if index >= torch.cuda.device_count():
+                raise ValueError(f"device is {self.device!r} but only {torch.cuda.device_count()} CUDA "
+                                 f"devices are visible")
 
 
 @dataclasses.dataclass
@@ -174,6 +209,10 @@ class RolloutSection:
     teacher_max_new_tokens: int = 64
     leak_guard_tries: int = 3  # regenerations of a leaking LLM-teacher message before the fallback
     problems_per_batch: int = 8  # problems rolled out together (x group_size episodes)
+    # A dialogue that outgrows the model's context: "skip" ends the episode before the turn that
+    # no longer fits (recorded as context_full, counted in the metrics) and skips a problem whose
+    # prompt alone cannot fit, naming it; "error" stops the run with the problem's id instead.
+    overlong: Literal["skip", "error"] = "skip"
     seed: int = 0
 
     def __post_init__(self):
@@ -190,21 +229,32 @@ class RolloutSection:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
 
 
+# The Linear layers LoRA can wrap (rl2f/lora.py), and the short names accepted for them.
+LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+LORA_SHORT_TARGETS = {t.removesuffix("_proj"): t for t in LORA_TARGETS}
+
+
 @dataclasses.dataclass
 class LoRASection:
     rank: int = 16
-    alpha: float = 32.0
+    alpha: float = 32.0  # scale = alpha / rank; 0 would make every LoRA gradient exactly zero
     dropout: float = 0.0
-    targets: list[str] = dataclasses.field(
-        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-    )
+    targets: list[str] = dataclasses.field(default_factory=lambda: list(LORA_TARGETS))
 
     def __post_init__(self):
         if self.rank < 1:
             raise ValueError("rank must be >= 1")
+        if self.alpha <= 0:
+            raise ValueError(f"alpha must be > 0 (alpha 0 scales the adapter, and its gradient, to zero), "
+                             f"got {self.alpha}")
         if not 0 <= self.dropout < 1:
             raise ValueError("dropout must be in [0, 1)")
-
+        if not self.targets:
+            raise ValueError(f"targets is empty: name at least one of {', '.join(LORA_TARGETS)}")
+        unknown = [t for t in self.targets if t not in LORA_TARGETS and t not in LORA_SHORT_TARGETS]
+        if unknown:
+            raise ValueError(f"targets: unknown LoRA target {unknown[0]!r} (known: {', '.join(LORA_TARGETS)} "
+                             f"or {', '.join(LORA_SHORT_TARGETS)})")
 
 
 @dataclasses.dataclass

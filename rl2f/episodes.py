@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 import zlib
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -60,6 +61,7 @@ class Episode:
     token_roles: list[int]  # per token: 0 template/prompt, 1 student, 2 teacher
     token_turns: list[int]  # per token: 0-based turn of student/teacher tokens, -1 otherwise
     sampling_logprobs: list[float]  # per token: log p of sampled student tokens, 0.0 elsewhere
+    context_full: bool = False  # ended before max_turns: the next attempt would not fit the model's context
 
     @property
     def solved_at(self) -> int | None:
@@ -96,36 +98,75 @@ def read_episodes(path: str | Path, skip_bad: bool = False) -> list[Episode]:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: episode file not found")
-    with path.open() as f:
+    with path.open("rb") as f:
         for lineno, line in enumerate(f, 1):
             if not line.strip():
                 continue
             try:
                 episodes.append(Episode.from_dict(json.loads(line)))
-            except (json.JSONDecodeError, TypeError, KeyError) as e:
+            except (ValueError, TypeError, KeyError, AttributeError) as e:  # ValueError: JSON, UTF-8
                 if skip_bad:
                     continue
                 raise UserError(f"{path}:{lineno}: not an episode record ({type(e).__name__}: {e})") from None
     return episodes
 
 
-def _completed_groups(path: Path, group_size: int) -> set[str]:
-    """Problem ids whose whole group is already in `path`; a torn last line is cut off."""
+def _completed_groups(path: Path, problems: list[Problem], group_size: int, problems_per_batch: int) -> set[str]:
+    """Prepare `path` for resuming and return the ids of the problems already done in it.
+
+    The problems are cut into the same batches as in the run that wrote the file, so a batch
+    is either done (each of its problems has every sample 0..G-1 exactly once) or played
+    again whole, with the same batch seed as the first time: its records already on disk are
+    dropped first. A kill mid-write leaves at most one unterminated last line, which is
+    dropped too; any other line that is not an episode record is a UserError naming it (it
+    would otherwise hide every episode after it), and so is a sample index outside the group
+    (a file written with a larger group_size). Records of problems outside `problems` are
+    kept as they are. The file is rewritten atomically, and only when something changes."""
     if not path.exists():
         return set()
-    counts: dict[str, int] = {}
-    good_bytes = 0
-    with path.open("rb") as f:
-        for raw in f:
-            try:
-                rec = json.loads(raw)
-            except json.JSONDecodeError:
-                break  # a run killed mid-write leaves a torn last line: drop it and resume
-            counts[rec["problem_id"]] = counts.get(rec["problem_id"], 0) + 1
-            good_bytes += len(raw)
-    with path.open("r+b") as f:
-        f.truncate(good_bytes)
-    return {pid for pid, n in counts.items() if n >= group_size}
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise UserError(f"{path}: cannot read ({e.strerror or e})") from None
+    lines = data.split(b"\n")  # the last piece is b"" when the file ends in a newline
+    torn = lines.pop() != b""
+    records: list[tuple[str, int, bytes]] = []
+    for lineno, raw in enumerate(lines, 1):
+        if not raw.strip():
+            continue
+        try:
+            rec = json.loads(raw)
+            pid, sample = rec["problem_id"], rec["sample"]
+            if not isinstance(pid, str) or not isinstance(sample, int):
+                raise TypeError("problem_id must be a string and sample an integer")
+        except (ValueError, KeyError, TypeError) as e:
+            raise UserError(f"{path}:{lineno}: not an episode record ({type(e).__name__}: {e}); remove or fix "
+                            f"the line to resume (episodes after it are kept)") from None
+        records.append((pid, sample, raw))
+    ours = {p.id for p in problems}
+    samples: dict[str, list[int]] = {}
+    for pid, sample, _ in records:
+        if pid in ours and not 0 <= sample < group_size:
+            # written with a larger group: replaying would throw those episodes away
+            raise UserError(f"{path}: holds sample {sample} of problem {pid!r}, outside rollout.group_size="
+                            f"{group_size}: the file was written with another group size; choose another --out")
+        samples.setdefault(pid, []).append(sample)
+    complete = {pid for pid, s in samples.items() if sorted(s) == list(range(group_size))}
+    done = set()
+    for b in range(0, len(problems), problems_per_batch):
+        ids = [p.id for p in problems[b : b + problems_per_batch]]
+        if all(i in complete for i in ids):
+            done.update(ids)
+    keep = [raw for pid, _, raw in records if pid in done or pid not in ours]
+    if torn or len(keep) != len(records):
+        tmp = path.with_name(f".{path.name}.tmp")
+        try:
+            tmp.write_bytes(b"".join(raw + b"\n" for raw in keep))
+            os.replace(tmp, path)
+        except OSError as e:
+            tmp.unlink(missing_ok=True)
+            raise UserError(f"{path}: cannot rewrite it to resume ({e.strerror or e}); it is unchanged") from None
+    return done
 
 
 # --------------------------------------------------------------------------------------
@@ -135,16 +176,26 @@ def _completed_groups(path: Path, group_size: int) -> set[str]:
 class EpisodeRunner:
     """Plays batched multi-turn episodes between a student (engine, adapter on) and a teacher."""
 
-    def __init__(self, task: Task, engine, tokenizer, teacher, sampling_params, max_turns: int):
+    def __init__(self, task: Task, engine, tokenizer, teacher, sampling_params, max_turns: int,
+                 max_len: int | None = None, overlong: str = "skip"):
+        """max_len: the engine's context, prompt + generated tokens per sequence (None: no
+        limit is checked); overlong: what a dialogue that outgrows it does (rollout.overlong):
+        "skip" ends the episode (context_full) and skips a problem whose prompt cannot fit,
+        with a warning naming it; "error" raises a UserError naming the problem."""
         if max_turns < 1:
             raise UserError(f"max_turns must be >= 1, got {max_turns}")
+        if overlong not in ("skip", "error"):
+            raise UserError(f"rollout.overlong must be 'skip' or 'error', got {overlong!r}")
         self.task = task
         self.engine = engine
         self.tokenizer = tokenizer
         self.teacher = teacher
         self.sampling_params = sampling_params
         self.max_turns = max_turns
+        self.max_len = max_len
+        self.overlong = overlong
         self.turn_end_id = tokenizer.stop_ids[0]  # closes an attempt cut at max_tokens
+        self._max_token_chars: int | None = None
 
     def initial_messages(self, problem: Problem) -> list[dict]:
         messages = []
@@ -169,14 +220,19 @@ class EpisodeRunner:
     def run(self, problems: list[Problem], group_size: int = 1, seed: int = 0, adapter_version: int = 0) -> list[Episode]:
         """Play `group_size` episodes for each problem; returns them problem by problem."""
         episodes: list[Episode] = []
+        fitting = []
         for p in problems:
             messages = self.initial_messages(p)
-            prompt = self.tokenizer.apply_chat(messages, add_generation_prompt=True)
+            prompt = self._prompt_that_fits(p, messages)
+            if prompt is None:
+                continue
+            fitting.append(p)
             for g in range(group_size):
                 episodes.append(
                     Episode(p.id, self.task.name, g, adapter_version, seed, [dict(m) for m in messages], [],
                             list(prompt), [Role.TEMPLATE] * len(prompt), [-1] * len(prompt), [0.0] * len(prompt))
                 )
+        problems = fitting
         by_problem = {p.id: p for p in problems}
         active = list(range(len(episodes)))
         for turn in range(self.max_turns):
@@ -213,47 +269,112 @@ class EpisodeRunner:
                 ep.turns.append(Turn(c.text, verdict.answer, verdict.correct, 1.0 if verdict.correct else 0.0,
                                      c.finish_reason, detail=verdict.detail))
                 ep.messages.append({"role": "assistant", "content": c.text})
-                if not verdict.correct and turn + 1 < self.max_turns:
+                if not verdict.correct and turn + 1 < self.max_turns and self._room(ep, turn, 1):
                     needs_feedback.append(i)
                     requests.append(FeedbackRequest(problem, c.text, verdict, list(ep.messages), list(ep.token_ids)))
 
             feedback = self.teacher.feedback(requests) if requests else []
+            going_on = []
             for i, fb in zip(needs_feedback, feedback):
                 ep = episodes[i]
+                ids, owner = feedback_turn_tokens(self.tokenizer, fb.text)
+                if not self._room(ep, turn, len(ids) + 1):  # feedback and one more token must fit
+                    continue
+                going_on.append(i)
                 t = ep.turns[-1]
                 t.feedback, t.leak_flagged, t.leak_reasons = fb.text, fb.leak_flagged, list(fb.leak_reasons)
-                ids, owner = feedback_turn_tokens(self.tokenizer, fb.text)
                 roles = [Role.TEACHER if o else Role.TEMPLATE for o in owner]
                 ep.token_ids += ids
                 ep.token_roles += roles
                 ep.token_turns += [turn if r == Role.TEACHER else -1 for r in roles]
                 ep.sampling_logprobs += [0.0] * len(ids)
                 ep.messages.append({"role": "user", "content": fb.text})
-            active = needs_feedback
+            active = going_on
         return episodes
+
+    # --- dialogues longer than the context (rollout.overlong)
+
+    def _prompt_that_fits(self, problem: Problem, messages: list[dict]) -> list[int] | None:
+        """The problem's prompt ids, or None (skipped, with a warning naming it) when even the
+        prompt leaves no room for one generated token. A prompt longer in characters than
+        max_len tokens of the vocabulary's longest token cannot fit and is not tokenised
+        at all (a 10 MB prompt would take seconds and gigabytes to find that out)."""
+        if self.max_len is not None:
+            if self._max_token_chars is None:
+                self._max_token_chars = max(map(len, self.tokenizer.backend.get_vocab()), default=1)
+            chars = sum(len(m["content"]) for m in messages)
+            if chars > self.max_len * self._max_token_chars:
+                return self._overlong(problem, f"its prompt of {chars} characters")
+        prompt = self.tokenizer.apply_chat(messages, add_generation_prompt=True)
+        if self.max_len is not None and len(prompt) >= self.max_len:
+            return self._overlong(problem, f"its prompt of {len(prompt)} tokens")
+        return prompt
+
+    def _overlong(self, problem: Problem, what: str) -> None:
+        msg = f"problem {problem.id!r}: {what} cannot fit the model's context of {self.max_len} tokens"
+        if self.overlong == "error":
+            raise UserError(f"{msg} (rollout.overlong = \"skip\" skips such problems)")
+        warnings.warn(f"{msg}; skipped")
+        return None
+
+    def _room(self, ep: Episode, turn: int, tokens: int) -> bool:
+        """Whether `tokens` more fit after the dialogue so far; if not, the episode ends here
+        (context_full) or, under rollout.overlong = "error", the run stops naming it."""
+        if self.max_len is None or len(ep.token_ids) + tokens <= self.max_len:
+            return True
+        if self.overlong == "error":
+            raise UserError(f"problem {ep.problem_id!r} sample {ep.sample}: after turn {turn + 1} the dialogue "
+                            f"({len(ep.token_ids)} tokens) leaves no room in the model's context of "
+                            f"{self.max_len} tokens (rollout.overlong = \"skip\" ends such episodes)")
+        ep.context_full = True
+        return False
 
 
 def generate_to_file(runner: EpisodeRunner, problems: list[Problem], out: str | Path, group_size: int,
                      problems_per_batch: int, seed: int = 0, adapter_version: int = 0,
                      progress=None) -> Iterator[list[Episode]]:
-    """Roll out `problems` into a JSONL file, resuming: groups already complete in `out` are
-    skipped, and each batch is appended and flushed whole, so a stop loses at most one batch
-    and never duplicates an episode. Yields each new batch of episodes."""
+    """Roll out `problems` into a JSONL file, resuming: batches already complete in `out`
+    are skipped, a batch cut short is played again whole (see `_completed_groups`), and each
+    batch is appended and fsynced whole, so a stop at any byte loses at most one batch and
+    leaves every (problem, sample) exactly once. A write error (a full disk) cuts the file
+    back to its last whole batch and is a UserError naming it. The file is checked and
+    prepared when this is called (so a bad file fails before any progress is shown); the
+    returned iterator plays the batches and yields each new one."""
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    done = _completed_groups(out, group_size)
-    todo = [p for p in problems if p.id not in done]
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.touch()
+    except OSError as e:
+        raise UserError(f"--out {out}: cannot write there ({e.strerror or e})") from None
+    done = _completed_groups(out, problems, group_size, problems_per_batch)
+    return _play_into(runner, problems, out, done, group_size, problems_per_batch, seed, adapter_version, progress)
+
+
+def _play_into(runner, problems, out: Path, done: set[str], group_size, problems_per_batch, seed, adapter_version,
+               progress) -> Iterator[list[Episode]]:
     if progress is not None:
-        progress(len(problems) - len(todo))
-    with out.open("a") as f:
-        for b in range(0, len(todo), problems_per_batch):
-            batch = todo[b : b + problems_per_batch]
-            # Sampling is keyed per problem (EpisodeRunner), so a resumed run that batches the
-            # remaining problems differently draws the same episodes.
+        progress(len(done & {p.id for p in problems}))
+    with out.open("ab", buffering=0) as f:  # unbuffered: nothing is left to flush after an error
+        for b in range(0, len(problems), problems_per_batch):
+            batch = problems[b : b + problems_per_batch]
+            if all(p.id in done for p in batch):
+                continue
+            # Sampling is keyed per problem (EpisodeRunner), so a replayed batch draws the same
+            # episodes however the problems were batched before.
             episodes = runner.run(batch, group_size, seed=seed, adapter_version=adapter_version)
-            f.write("".join(e.to_json() + "\n" for e in episodes))
-            f.flush()
-            os.fsync(f.fileno())
+            good = f.tell()
+            try:
+                data = memoryview("".join(e.to_json() + "\n" for e in episodes).encode())
+                while data:
+                    data = data[f.write(data):]
+                os.fsync(f.fileno())
+            except OSError as e:
+                try:
+                    f.truncate(good)
+                except OSError:
+                    pass  # the next run drops the torn batch instead
+                raise UserError(f"{out}: cannot write episodes ({e.strerror or e}); the {good}-byte file "
+                                f"holds every batch before this one, and running again resumes it") from None
             if progress is not None:
                 progress(len(batch))
             yield episodes

@@ -33,11 +33,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from rl2f.config import LORA_SHORT_TARGETS as _SHORT
+from rl2f.config import LORA_TARGETS as TARGETS
 from rl2f.errors import UserError
-
-# Full module names we can wrap, and the short names accepted for them.
-TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-_SHORT = {t.removesuffix("_proj"): t for t in TARGETS}
 
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"
@@ -317,9 +315,7 @@ def peft_config_dict(model: nn.Module) -> dict:
 def save_adapter(model: nn.Module, directory: str | os.PathLike) -> Path:
     """Write the adapter as a PEFT directory. Atomic: files go to a temporary sibling
     directory which is then renamed into place, so a crash leaves the old adapter or the
-    new one, never half of one."""
-    from safetensors.torch import save_file
-
+    new one, never half of one. A write error is an OSError naming the file."""
     if getattr(model, "lora_config", None) is None:
         raise UserError(f"save_adapter({directory}): the model has no LoRA applied")
     directory = Path(directory)
@@ -334,7 +330,7 @@ def save_adapter(model: nn.Module, directory: str | os.PathLike) -> Path:
     directory.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
     try:
-        save_file(tensors, str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
+        _save_safetensors(tensors, tmp / WEIGHTS_FILE)
         (tmp / CONFIG_FILE).write_text(json.dumps(peft_config_dict(model), indent=2, sort_keys=True))
         if directory.exists():
             # A directory cannot be renamed over a non-empty one: move the old one aside first.
@@ -348,6 +344,21 @@ def save_adapter(model: nn.Module, directory: str | os.PathLike) -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return directory
+
+
+def _save_safetensors(tensors: dict, file: Path) -> None:
+    """safetensors' save_file, with an I/O failure (a full disk) raised as the OSError it is
+    (safetensors reports it as a SafetensorError carrying only "os error N" in its text)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import save_file
+
+    try:
+        save_file(tensors, str(file), metadata={"format": "pt"})
+    except SafetensorError as e:
+        code = re.search(r"os error (\d+)", str(e))
+        if code is None:
+            raise
+        raise OSError(int(code[1]), os.strerror(int(code[1])), str(file)) from None
 
 
 def _read_config(cfg_path: Path) -> dict:
@@ -369,8 +380,14 @@ def _read_config(cfg_path: Path) -> dict:
     r = cfg["r"]
     if not isinstance(r, int) or isinstance(r, bool) or r < 1:
         raise UserError(f"{cfg_path}: r must be an integer >= 1, got {r!r}")
-    if not isinstance(cfg["lora_alpha"], (int, float)) or isinstance(cfg["lora_alpha"], bool):
-        raise UserError(f"{cfg_path}: lora_alpha must be a number, got {cfg['lora_alpha']!r}")
+    alpha = cfg["lora_alpha"]
+    if not isinstance(alpha, (int, float)) or isinstance(alpha, bool) or not math.isfinite(alpha) or alpha <= 0:
+        # json reads NaN and Infinity; alpha 0 scales the adapter (and its gradient) to zero
+        raise UserError(f"{cfg_path}: lora_alpha must be a finite number > 0, got {alpha!r}")
+    dropout = cfg.get("lora_dropout")
+    if dropout is not None and (not isinstance(dropout, (int, float)) or isinstance(dropout, bool)
+                                or not 0 <= dropout < 1):
+        raise UserError(f"{cfg_path}: lora_dropout must be a number in [0, 1), got {dropout!r}")
     # Features that change the maths; refuse rather than silently compute something else.
     unsupported = {
         "use_dora": lambda v: bool(v), "fan_in_fan_out": lambda v: bool(v),
@@ -446,6 +463,11 @@ def load_adapter(model: nn.Module, directory: str | os.PathLike, seed: int | Non
             raise UserError(f"{w_path}: key '{key}' targets '{last}', which rl2f's LoRA does not "
                             f"support (supported: {', '.join(TARGETS)})")
         ab = m["ab"]
+        if not t.is_floating_point():
+            raise UserError(f"{w_path}: key '{key}' has dtype {t.dtype}; LoRA weights must be floating point "
+                            f"(F32, F16 or BF16)")
+        if not torch.isfinite(t).all():
+            raise UserError(f"{w_path}: key '{key}' holds non-finite values (nan or inf)")
         if t.ndim != 2:
             raise UserError(f"{w_path}: key '{key}' has shape {tuple(t.shape)}, expected a matrix")
         # A: (r, in), B: (out, r)

@@ -25,7 +25,8 @@ from rl2f.engine.types import Engine, SamplingParams
 from rl2f.episodes import EpisodeRunner
 from rl2f.errors import UserError
 from rl2f.lora import apply_lora, load_adapter
-from rl2f.model import CausalLM, Tokenizer, build_tiny_checkpoint, load_model, load_tokenizer
+from rl2f.model import CausalLM, Tokenizer, build_tiny_checkpoint, load_config, load_model, load_tokenizer
+from rl2f.model.loading import check_tokenizer_fits
 from rl2f.tasks import get_task
 from rl2f.tasks.base import Task
 from rl2f.teacher import make_teacher
@@ -75,6 +76,7 @@ def build_run(cfg: RunConfig, d: Dist, adapter: str | Path | None = None, task: 
     path = resolve_model_path(cfg)
     model = load_model(path, dtype=cfg.model.dtype, device=d.device)
     tokenizer = load_tokenizer(path)
+    check_tokenizer_fits(tokenizer, model.config)
     if lora:
         lc = cfg.lora
         apply_lora(model, rank=lc.rank, alpha=lc.alpha, targets=list(lc.targets), dropout=lc.dropout,
@@ -102,6 +104,7 @@ def build_inference_run(cfg: RunConfig, d: Dist, model: CausalLM | None = None,
     tokenizer = tokenizer or load_tokenizer(path)
     if model is None and cfg.rollout.engine == "builtin":
         model = load_model(path, dtype=cfg.model.dtype, device=d.device)
+    check_tokenizer_fits(tokenizer, model.config if model is not None else load_config(path))
     task = get_task(cfg.task.name, **cfg.task.options)
     return Run(cfg, d, model, tokenizer, path, task, build_engine(cfg, model, tokenizer, path, d))
 
@@ -131,7 +134,9 @@ def episode_runner(run: Run, teacher: str, max_turns: int, rollout: RolloutSecti
     student = student_sampling(rollout)
     teacher_params = dataclasses.replace(student, max_tokens=rollout.teacher_max_new_tokens)
     feedback = make_teacher(teacher, task, run.engine, run.tokenizer, teacher_params, rollout.leak_guard_tries)
-    return EpisodeRunner(task, run.engine, run.tokenizer, feedback, student, max_turns)
+    config = run.model.config if run.model is not None else load_config(run.model_path)
+    return EpisodeRunner(task, run.engine, run.tokenizer, feedback, student, max_turns,
+                         max_len=config.max_position_embeddings, overlong=rollout.overlong)
 
 
 def training_runner(run: Run) -> EpisodeRunner:

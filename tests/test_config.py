@@ -46,6 +46,18 @@ def test_int_is_accepted_for_float():
         ("rollout.group_size=1", "group_size"),  # GRPO needs a group
         ("model.dtype='int8'", "model.dtype"),  # not a choice
         ("lora.targets='q_proj'", "lora.targets"),  # a list is required
+        ("lora.targets=[]", "lora.targets"),  # LoRA on nothing: nothing to train
+        ("lora.targets=['q', 'qkv_proj']", "lora.targets"),
+        ("lora.alpha=0", "lora.alpha"),  # scale 0: every LoRA gradient is exactly zero
+        ("train.lr=nan", "train.lr"),  # nan passes every `< 0` range check
+        ("rollout.temperature=nan", "rollout.temperature"),
+        ("train.max_grad_norm=inf", "train.max_grad_norm"),
+        (f"train.max_steps={2**63}", "train.max_steps"),  # TOML integers are 64-bit
+        (f"train.lr={2**64}", "train.lr"),
+        ("task.options=5", "task.options"),  # get_task(**5) would fail far from the config
+        ("model.device='banana'", "model.device"),
+        ("model.device='cuda:x'", "model.device"),
+        ("rollout.overlong='truncate'", "rollout.overlong"),
     ],
 )
 def test_bad_values_name_the_key(override, key):
@@ -64,3 +76,16 @@ def test_bad_files(tmp_path):
         load_config(RunConfig, p)
     with pytest.raises(UserError, match="expected section.key=value"):
         load_config(RunConfig, None, ["train.max_steps"])
+
+
+def test_non_utf8_file_names_it(tmp_path):
+    """TOML is UTF-8: a Latin-1 file is a UserError naming the file, not a UnicodeDecodeError."""
+    p = tmp_path / "latin1.toml"
+    p.write_bytes("[train]\n# caf\xe9\nlr = 1e-4\n".encode("latin-1"))
+    with pytest.raises(UserError, match=r"latin1\.toml: not UTF-8"):
+        load_config(RunConfig, p)
+
+
+def test_64_bit_limits_are_accepted():
+    """The largest TOML integer is still an integer; only beyond 64 bits is refused."""
+    assert load_config(RunConfig, None, [f"train.max_steps={2**63 - 1}"]).train.max_steps == 2**63 - 1

@@ -220,6 +220,13 @@ def parse_hf_config(hf: dict, name_or_path: str = "", generation_config: dict | 
         eos += _ids((generation_config or {}).get("eos_token_id"))
         eos = list(dict.fromkeys(eos))
         prefix = "model.language_model." if multimodal else "model."
+        for key, value in (("vocab_size", get("vocab_size", int)), ("hidden_size", hidden), ("num_hidden_layers", n_layers),
+                           ("num_attention_heads", heads), ("num_key_value_heads", kv_heads), ("head_dim", head_dim),
+                           ("intermediate_size", get("intermediate_size", int))):
+            # Sizes the weights must match (load_model checks them against the tensors);
+            # here only what no checkpoint can be: bools, zero or negative sizes.
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise UserError(f"{where}: {key} must be a positive integer, got {value!r}")
         return ModelConfig(
             family=family,
             vocab_size=get("vocab_size", int),

@@ -53,21 +53,31 @@ def load_model(path: str | Path, dtype: torch.dtype | str = torch.float32, devic
 
     with torch.device("meta"):
         model = CausalLM(cfg)
-    model.to(dtype=dtype)
-    model.to_empty(device=device)
     model.tie_weights()
 
     def ckpt_key(name: str) -> str:
         return lm_head_key if name == "lm_head.weight" else decoder_prefix + name[len("model."):]
 
-    plan = []  # (TensorInfo, destination)
+    # Every parameter's tensor and shape is checked on the meta model, before any memory is
+    # allocated: a config.json that disagrees with the weights (a 4e9 vocabulary) is named here
+    # instead of failing an allocation deep inside torch.
+    plan = {}  # parameter name -> TensorInfo
     for name, param in model.named_parameters():  # a tied lm_head is listed once, as embed_tokens
         key = ckpt_key(name)
         info = tensors.get(key)
         if info is None:
             raise UserError(f"{where.get(key, where['*'])}: tensor {key!r} is missing "
                             f"(needed for {cfg.architecture} parameter {name})")
-        plan.append((info, param.detach()))
+        if tuple(param.shape) != info.shape:
+            raise UserError(f"{info.file}: tensor {key!r} has shape {list(info.shape)}, but "
+                            f"{path / 'config.json'} makes {name} {list(param.shape)} (a config.json "
+                            f"that does not describe these weights?)")
+        plan[name] = info
+    model.to(dtype=dtype)
+    model.to_empty(device=device)
+    model.tie_weights()
+    params = dict(model.named_parameters())
+    plan = [(info, params[name].detach()) for name, info in plan.items()]
     used = {info.name for info, _ in plan} | {lm_head_key}
     unexpected = [k for k in tensors if k.startswith(decoder_prefix) and k not in used
                   and not k.endswith(_IGNORED_SUFFIXES)]
@@ -115,6 +125,9 @@ def find_weights(path: Path) -> tuple[dict[str, st.TensorInfo], dict[str, Path]]
         where: dict[str, Path] = {"*": index_file}
         headers: dict[str, dict[str, st.TensorInfo]] = {}
         for key, fname in weight_map.items():
+            if not isinstance(fname, str) or not fname or Path(fname).is_absolute() or ".." in Path(fname).parts:
+                raise UserError(f"{index_file}: weight_map[{key!r}] must name a shard file in {path}, "
+                                f"got {fname!r}")
             file = path / fname
             where[key] = file
             if fname not in headers:
@@ -133,6 +146,24 @@ def find_weights(path: Path) -> tuple[dict[str, st.TensorInfo], dict[str, Path]]
     for file in files:
         tensors.update(st.read_header(file))
     return tensors, {"*": files[0]}
+
+
+def check_tokenizer_fits(tokenizer, config: ModelConfig) -> None:
+    """Refuse a tokenizer that can produce ids the model has no embedding for (a mismatched
+    tokenizer.json): its base vocabulary and every special id the runner uses (bos, eos, pad,
+    stop ids) must be below config.vocab_size. Otherwise the first such id fails as an index
+    error deep inside the embedding. The run assembly calls it once both are loaded."""
+    vocab = config.vocab_size
+    where = f"{tokenizer.source} (model {config.name_or_path or 'config'}, vocab_size {vocab})"
+    base = tokenizer.backend.get_vocab_size(with_added_tokens=False)
+    if base > vocab:
+        raise UserError(f"{where}: the tokenizer's vocabulary has {base} tokens, more than the model's "
+                        f"{vocab} embeddings: a tokenizer for another model?")
+    named = {"bos": tokenizer.bos_id, "eos": tokenizer.eos_id, "pad": tokenizer.pad_id,
+             **{f"stop {tokenizer.id_to_token(i)!r}": i for i in tokenizer.stop_ids}}
+    for what, i in named.items():
+        if i is not None and not 0 <= i < vocab:
+            raise UserError(f"{where}: the {what} token id {i} is beyond the model's vocabulary")
 
 
 def load_config(path: str | Path) -> ModelConfig:

@@ -79,6 +79,13 @@ def read_header(file: str | Path) -> dict[str, TensorInfo]:
         if not 0 <= begin <= end:
             raise UserError(f"{file}: corrupt safetensors header (tensor {name!r} has offsets {begin}..{end})")
         out[name] = TensorInfo(file, name, dtype, shape, data_start + begin, data_start + end)
+    # As the official reader: tensors may not share bytes (two names, one byte range, would
+    # load the same data into both).
+    ordered = sorted(out.values(), key=lambda t: (t.begin, t.end))
+    for a, b in zip(ordered, ordered[1:]):
+        if b.begin < a.end:
+            raise UserError(f"{file}: corrupt safetensors header (tensors {a.name!r} and {b.name!r} share "
+                            f"bytes {b.begin - data_start}..{min(a.end, b.end) - data_start})")
     return out
 
 

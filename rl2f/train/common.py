@@ -9,6 +9,8 @@ epochs reaches the end of its cosine at the step it actually stops.
 from __future__ import annotations
 
 import dataclasses
+import os
+import shutil
 import json
 import math
 import random
@@ -28,7 +30,8 @@ from rl2f.distributed import Dist, all_reduce_sum, init_distributed, loss_scale
 from rl2f.errors import UserError
 from rl2f.lora import lora_parameters
 from rl2f.run import Run, build_run
-from rl2f.train.checkpoint import find_checkpoint, load_trainer_state, restore, save_checkpoint
+from rl2f.train.checkpoint import (check_resume_config, complete_checkpoints, find_checkpoint,
+                                   load_trainer_state, restore, save_checkpoint)
 
 
 class NonFiniteError(UserError):
@@ -42,25 +45,45 @@ class NonFiniteError(UserError):
 def start_run(cfg: RunConfig, out_dir: str | Path, resume, d: Dist | None, task, init_adapter,
               with_engine: bool = True):
     """What every training loop does first: join the process group, check the run directory,
-    read the checkpoint to resume (if any), seed, and build the run with the adapter to start
-    from (the checkpoint's, else `init_adapter` / `train.init_adapter`, else a fresh LoRA).
-    Returns (out_dir, d, checkpoint dir or None, trainer state or None, run)."""
+    read the checkpoint to resume (if any) and check the config against it, repair the
+    metrics file to end at the checkpoint's step, seed, and build the run with the adapter to
+    start from (the checkpoint's, else `init_adapter` / `train.init_adapter`, else a fresh
+    LoRA). Returns (out_dir, d, checkpoint dir or None, trainer state or None, run)."""
     out_dir = Path(out_dir)
-    d = d or init_distributed(cfg.model.device)
     ckpt = find_checkpoint(resume) if resume else None
-    check_out_dir(out_dir, resuming=ckpt is not None)
     state = load_trainer_state(ckpt) if ckpt else None
+    if ckpt is not None:
+        check_resume_config(cfg, ckpt, state["step"])
+    if d is None:
+        d = init_distributed(cfg.model.device)
+    check_out_dir(out_dir, resuming=ckpt is not None, is_main=d.is_main)
+    if ckpt is not None and d.is_main:
+        Metrics.resume(out_dir / "metrics.jsonl", state["step"], state.get("metrics_row"))
     seed_everything(cfg.train.seed + d.rank)  # a resume then restores the saved RNG states
     init = init_adapter or cfg.train.init_adapter or None
     run = build_run(cfg, d, adapter=ckpt / "adapter" if ckpt else init, task=task, with_engine=with_engine)
     return out_dir, d, ckpt, state, run
 
 
-def check_out_dir(out_dir: Path, resuming: bool) -> None:
-    """A fresh run never mixes with an old one's checkpoints, metrics or dialogues."""
-    if not resuming and (out_dir / "checkpoints").exists():
-        raise UserError(f"--out {out_dir}: holds a previous run; continue it with --resume {out_dir} "
-                        "or choose another --out")
+def check_out_dir(out_dir: Path, resuming: bool, is_main: bool = True) -> None:
+    """A fresh run never mixes with an old one's checkpoints, metrics or dialogues, and the
+    directory must be writable before any work is done. A directory whose run stopped before
+    its first checkpoint was complete holds nothing to resume: a fresh run clears it."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UserError(f"--out {out_dir}: is a file, not a directory")
+    if not resuming:
+        if complete_checkpoints(out_dir):
+            raise UserError(f"--out {out_dir}: holds a previous run; continue it with --resume {out_dir} "
+                            "or choose another --out")
+        if is_main:  # one rank clears; the others only check
+            shutil.rmtree(out_dir / "checkpoints", ignore_errors=True)  # only partial ones: see above
+    probe = out_dir / f".write-test-{os.getpid()}"
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        probe.write_text("")
+        probe.unlink()
+    except OSError as e:
+        raise UserError(f"--out {out_dir}: cannot write there ({e.strerror or e}); nothing was written") from None
 
 
 def seed_everything(seed: int) -> None:
@@ -217,10 +240,12 @@ class Loop:
         self.step += 1
         return lr, grad_norm
 
-    def save(self) -> str:
+    def save(self, metrics_row: dict | None = None) -> str:
+        """Checkpoint the current step; `metrics_row` (the step's row) is kept inside it, so a
+        kill between the checkpoint and the metrics write loses no row (`Metrics.resume`)."""
         self.last_checkpoint = str(save_checkpoint(self.out_dir, self.dist, self.run.model, self.optimizer,
                                                    _NoSchedule(), self.cfg, self.step, self.position,
-                                                   extra=self.totals))
+                                                   extra=self.totals, metrics_row=metrics_row))
         return self.last_checkpoint
 
     def save_good(self) -> str:
@@ -246,9 +271,7 @@ class Loop:
                 final = self.step == total_steps or done()
                 save_every = self.cfg.train.save_every
                 if final or (save_every and self.step % save_every == 0):
-                    self.save()
-                if final:
-                    record["checkpoint"] = self.last_checkpoint
+                    record["checkpoint"] = self.save(metrics_row=record)
                 self.metrics.write(record)
                 bar.update(1, summary(record))
         return record
@@ -270,25 +293,61 @@ class _NoSchedule:
 
 
 class Metrics:
-    """One JSON line per step in out/metrics.jsonl (rank 0 only); on resume, lines after the
-    resumed step are dropped so the file reads as one run."""
+    """One JSON line per step in out/metrics.jsonl (rank 0 only), flushed to disk per row.
+    A fresh run starts the file anew; a resumed one continues the file `Metrics.resume` has
+    cut back to the checkpoint's step, so the file reads as one run."""
 
     def __init__(self, path: Path, enabled: bool, resume_step: int | None = None):
         self.path = path
         self.enabled = enabled
-        if enabled and resume_step is not None and path.exists():
-            lines = [l for l in path.read_text().splitlines() if l.strip()]
-            keep = [l for l in lines if json.loads(l).get("step", 0) <= resume_step]
-            path.write_text("".join(l + "\n" for l in keep))
-        elif enabled and resume_step is None and path.exists():
+        if enabled and resume_step is None and path.exists():
             path.unlink()
 
     def write(self, record: dict) -> None:
         if not self.enabled:
             return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self.path.open("a") as f:
-            f.write(json.dumps(record) + "\n")
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with self.path.open("a") as f:
+                f.write(json.dumps(record) + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError as e:
+            raise UserError(f"{self.path}: cannot write the metrics row of step {record.get('step')} "
+                            f"({e.strerror or e}); the rows before it and the last complete checkpoint "
+                            f"are kept") from None
+
+    @staticmethod
+    def resume(path: Path, step: int, row: dict | None) -> None:
+        """Make `path` end with the row of checkpoint `step`: rows past it (steps the resumed
+        run replays) and a torn last line (a kill mid-write) are dropped, and the checkpoint's
+        own copy of its row is put back if the kill came between the checkpoint and the row.
+        A damaged line before the end is a UserError naming it."""
+        rows = []
+        if path.exists():
+            text = path.read_text(encoding="utf-8", errors="replace")
+            lines = text.split("\n")
+            for lineno, line in enumerate(lines, 1):
+                if not line.strip():
+                    continue
+                try:
+                    rec = json.loads(line)
+                    if not isinstance(rec, dict) or not isinstance(rec.get("step"), int):
+                        raise ValueError("no step")
+                except ValueError:
+                    if lineno == len(lines):  # unterminated: the row a kill cut short
+                        break
+                    raise UserError(f"{path}:{lineno}: not a metrics row; remove the line to resume") from None
+                if rec["step"] <= step:
+                    rows.append(rec)
+        if row is not None and not any(r["step"] == step for r in rows):
+            rows.append(row)
+        tmp = path.with_name(path.name + ".tmp")
+        try:
+            tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+            os.replace(tmp, path)
+        except OSError as e:
+            raise UserError(f"{path}: cannot rewrite the metrics file ({e.strerror or e}); it is unchanged") from None
 
 
 class Timer:

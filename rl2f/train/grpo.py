@@ -83,6 +83,7 @@ class StepStats(Sums):
     tokens: float = 0.0
     turns: float = 0.0
     kept_turns: float = 0.0
+    context_full: float = 0.0  # episodes ended at the model's context (rollout.overlong = "skip")
     solved_by: list[float] = field(default_factory=list)  # [t]: episodes solved by turn t + 1
 
 
@@ -115,6 +116,7 @@ def episode_sequences(episodes: list[Episode], cfg: RunConfig, max_turns: int) -
             seq = TrainSequence(list(e.token_ids), list(e.token_roles), mask, tok_adv, list(e.sampling_logprobs))
             rewards = [turn.reward for turn in e.turns]
             s.episodes += 1
+            s.context_full += e.context_full
             s.reward_sum += sum(rewards)
             s.return1_sum += sum(t.gamma ** k * r for k, r in enumerate(rewards))
             s.turns += len(keep)
@@ -229,7 +231,7 @@ def hand_off(run: Run, version: int, out_dir: Path) -> None:
 
 
 def step_record(stats: StepStats, losses: LossSums, cfg: RunConfig, lr: float, grad_norm: float,
-                skipped: bool, rollout_s: float) -> dict:
+                skipped: bool, rollout_s: float, n_problems: int) -> dict:
     """One metrics row from the step's global sums."""
     t = cfg.train
     n_ep, n_loss, n_teacher = max(stats.episodes, 1), max(stats.loss_tokens, 1), max(stats.teacher_tokens, 1)
@@ -245,6 +247,9 @@ def step_record(stats: StepStats, losses: LossSums, cfg: RunConfig, lr: float, g
         # -mean log p of the sampled tokens: a Monte Carlo estimate of the policy entropy
         "entropy": -stats.sampling_lp_sum / max(stats.student_tokens, 1),
         "grad_norm": grad_norm, "lr": lr, "skipped": skipped,
+        # over-long dialogues (rollout.overlong = "skip"): episodes ended at the context, and
+        # problems whose prompt could not fit at all (a group is played per problem that fits)
+        "context_full": stats.context_full, "skipped_problems": n_problems - stats.groups,
         "loss_tokens": stats.loss_tokens, "student_tokens": stats.student_tokens, "tokens": stats.tokens,
         "gen_tokens_per_s": stats.student_tokens / max(rollout_s, 1e-9),
     }
@@ -288,11 +293,12 @@ def train_grpo(cfg: RunConfig, out_dir: str | Path, resume: str | Path | None = 
         loss_value = losses.pg / max(stats.loss_tokens, 1) \
             + t.critique_weight * losses.teacher_nll / max(stats.teacher_tokens, 1)
         lr, grad_norm = loop.optimizer_step(loss_value, progress(), apply=has_loss)
-        loop.position += t.grad_accum * loop.dist.world_size * cfg.rollout.problems_per_batch
+        n_problems = t.grad_accum * loop.dist.world_size * cfg.rollout.problems_per_batch
+        loop.position += n_problems
         # --- hand-off: the next rollout samples from this adapter
         with loop.timer("handoff"):
             hand_off(run, loop.step, loop.out_dir)
-        return step_record(stats, losses, cfg, lr, grad_norm, not has_loss, rollout_s)
+        return step_record(stats, losses, cfg, lr, grad_norm, not has_loss, rollout_s, n_problems)
 
     hand_off(run, loop.step, loop.out_dir)  # the adapter version is the number of optimiser steps taken
     return loop.run_steps(t.max_steps, step, done=budget_spent,

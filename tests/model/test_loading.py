@@ -255,3 +255,21 @@ def test_sharded_errors(tiny_ckpt):
     (ckpt / "pytorch_model.bin").write_bytes(b"")
     with pytest.raises(UserError, match=r"no model\.safetensors.*pytorch_model\.bin"):
         load_model(ckpt)
+
+
+def test_tensors_sharing_bytes_are_refused(tiny_ckpt):
+    """Two header entries whose byte ranges overlap (even partly): the official reader refuses
+    such a file, and ours named neither and loaded the same bytes twice. Adjacent ranges (every
+    normal file) load, as every other test here shows."""
+    ckpt, model = tiny_ckpt
+    f = rewrite(ckpt, model)
+    data = f.read_bytes()
+    n = struct.unpack("<Q", data[:8])[0]
+    header = json.loads(data[8:8 + n])
+    a, b = "model.norm.weight", "model.layers.0.input_layernorm.weight"
+    begin, end = header[a]["data_offsets"]
+    header[b]["data_offsets"] = [begin + 4, end + 4]  # one float into `a`, same length
+    raw = json.dumps(header).encode()
+    f.write_bytes(struct.pack("<Q", len(raw)) + raw + data[8 + n:])
+    with pytest.raises(UserError, match=rf"{f}: corrupt safetensors header \(tensors .*share bytes"):
+        st.read_header(f)
