@@ -125,6 +125,12 @@ class Attention(nn.Module):
             if not gqa:
                 k, v = repeat_kv(k, n_rep), repeat_kv(v, n_rep)
             out = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=self.scale, **gqa)
+        elif T == 1 and n_rep > 1:
+            # Cached decoding: the n_rep query heads of a KV head become n_rep query rows
+            # against it (one mask row serves them all), so the cache is never expanded.
+            qg = q.view(B, self.n_kv, n_rep, self.head_dim)  # (B, Hkv, n_rep, D)
+            out = F.scaled_dot_product_attention(qg, k, v, attn_mask=mask, scale=self.scale)
+            out = out.view(B, self.n_heads, 1, self.head_dim)  # (B, H, 1, D)
         else:
             # Expanded KV + a boolean mask keeps the memory-efficient kernel usable on GPU.
             out = F.scaled_dot_product_attention(q, repeat_kv(k, n_rep), repeat_kv(v, n_rep),
