@@ -361,20 +361,19 @@ class BuiltinEngine:
         # the columns before them are copied from the kept sequences
         W = max(p - hits[u.req][1] for p, u in zip(plen, units))
         reuse = [max(0, p - W) for p in plen]
-        input_ids = torch.full((len(units), Tp), pad_id, dtype=torch.long)
-        mask = torch.zeros((len(units), Tp), dtype=torch.long)
-        for i, u in enumerate(units):
-            input_ids[i, Tp - plen[i]:] = torch.tensor(prompts[u.req])
-            mask[i, Tp - plen[i]:] = 1
+        input_ids = torch.tensor([[pad_id] * (Tp - n) + prompts[u.req] for n, u in zip(plen, units)])  # (P, Tp)
+        mask = (torch.arange(Tp) >= torch.tensor([Tp - n for n in plen]).unsqueeze(1)).long()  # (P, Tp)
         input_ids, mask = input_ids.to(dev), mask.to(dev)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)  # (P, Tp)
         cache = model.new_cache(len(units), total)
-        for i, u in enumerate(units):
-            if reuse[i]:
-                entry, a = hits[u.req][0], Tp - plen[i]
-                for layer, (k, v) in enumerate(zip(cache.keys, cache.values)):
-                    k[i, :, a:a + reuse[i]] = entry.keys[layer, :, :reuse[i]]
-                    v[i, :, a:a + reuse[i]] = entry.values[layer, :, :reuse[i]]
+        if any(reuse):
+            rows = [i for i in range(len(units)) if reuse[i]]
+            row_idx, col_idx = _ragged(rows, [Tp - plen[i] for i in rows], [reuse[i] for i in rows], dev)
+            src_k = torch.cat([hits[units[i].req][0].keys[:, :, :reuse[i]] for i in rows], dim=2)  # (L, Hkv, N, D)
+            src_v = torch.cat([hits[units[i].req][0].values[:, :, :reuse[i]] for i in rows], dim=2)
+            for layer, (k, v) in enumerate(zip(cache.keys, cache.values)):
+                k[row_idx, :, col_idx] = src_k[layer].transpose(0, 1)  # (N, Hkv, D)
+                v[row_idx, :, col_idx] = src_v[layer].transpose(0, 1)
         cache.advance(Tp - W)
         hidden = model.hidden_states(input_ids[:, Tp - W:], attention_mask=mask,
                                      position_ids=positions[:, Tp - W:], cache=cache)  # (P, W, H)
@@ -477,13 +476,16 @@ class BuiltinEngine:
         """Copies of the keys/values of the given decode rows: prompt + generated tokens up to,
         not including, each row's last (never fed to the model). Returns (batch row, keys,
         values) with (L, Hkv, n, D) tensors."""
-        out = []
-        for r in rows:
-            b = active_host[r]
-            end = Tp + lengths[b] - 1
-            out.append((b, torch.stack([k[r, :, starts[b]:end] for k in cache.keys]),
-                        torch.stack([v[r, :, starts[b]:end] for v in cache.values])))
-        return out
+        rows = list(rows)
+        if not rows:
+            return []
+        batch_rows = [active_host[r] for r in rows]
+        counts = [Tp + lengths[b] - 1 - starts[b] for b in batch_rows]
+        row_idx, col_idx = _ragged(rows, [starts[b] for b in batch_rows], counts, cache.keys[0].device)
+        k = torch.stack([k[row_idx, :, col_idx] for k in cache.keys]).transpose(1, 2)  # (L, Hkv, N, D)
+        v = torch.stack([v[row_idx, :, col_idx] for v in cache.values]).transpose(1, 2)
+        return [(b, ks.contiguous(), vs.contiguous())
+                for b, ks, vs in zip(batch_rows, k.split(counts, dim=2), v.split(counts, dim=2))]
 
     def _check_stop_strings(self, done, active_host, out_tokens, n, sps, checked) -> list[bool]:
         """Host check of stop strings for the unfinished active rows that have any."""
@@ -528,3 +530,12 @@ class BuiltinEngine:
                 stop_reason=stop_reason,
             )
             stats.generated_tokens += n
+
+
+def _ragged(rows: list[int], starts: list[int], counts: list[int], device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Flat (row, column) indices of the column runs [starts[j], starts[j] + counts[j]) of
+    rows[j], concatenated: (N,) each, N = sum(counts)."""
+    n = torch.tensor(counts)
+    first = torch.repeat_interleave(torch.cumsum(n, 0) - n, n)  # (N,) offset of each run's first index
+    col = torch.repeat_interleave(torch.tensor(starts), n) + torch.arange(int(n.sum())) - first
+    return torch.repeat_interleave(torch.tensor(rows), n).to(device), col.to(device)
