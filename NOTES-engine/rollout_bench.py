@@ -49,9 +49,10 @@ class Counting:
 
     def generate(self, prompts, sampling_params=None, use_adapter=True):
         before = dict(vars(self.engine.stats)) if hasattr(self.engine, "stats") else None
+        t0 = time.perf_counter()
         outs = self.engine.generate(prompts, sampling_params, use_adapter)
         distinct = [len(p) for p in prompts]
-        rec = {"prompts": len(prompts), "prompt_tokens": sum(distinct)}
+        rec = {"prompts": len(prompts), "prompt_tokens": sum(distinct), "seconds": time.perf_counter() - t0}
         if before is not None:
             after = vars(self.engine.stats)
             rec["prefill_tokens"] = after["prefill_tokens"] - before["prefill_tokens"]
@@ -124,6 +125,7 @@ def main():
     from rl2f.engine.builtin import BuiltinEngine
     engines = {"main": Main(run.model, run.tokenizer), "this": BuiltinEngine(run.model, run.tokenizer)}
     times = {k: [] for k in engines}
+    engine_times = {k: [] for k in engines}
     turns = {}
     for r in range(args.rounds):
         order = list(engines) if r % 2 == 0 else list(engines)[::-1]
@@ -132,15 +134,21 @@ def main():
             secs, eps = rollout_once(cfg, run, eng, position=8 * r)
             if r > 0:  # round 0 warms up both
                 times[name].append(secs)
+                engine_times[name].append(sum(c["seconds"] for c in eng.calls))
             turns[name] = eng.calls
     res = {"rounds": args.rounds - 1, "episodes": 64, "load_avg_1m": round(__import__("os").getloadavg()[0], 2)}
     for name, ts in times.items():
         res[name] = {"median_s": round(statistics.median(ts), 4), "min_s": round(min(ts), 4),
                      "max_s": round(max(ts), 4)}
+        res[name]["engine_median_s"] = round(statistics.median(engine_times[name]), 4)
     ratios = [a / b for a, b in zip(times["main"], times["this"])]
     res["speedup_median"] = round(statistics.median(ratios), 3)
     res["speedup_range"] = [round(min(ratios), 3), round(max(ratios), 3)]
-    res["prefill_per_turn_last_round"] = {k: v for k, v in turns.items()}
+    eratios = [a / b for a, b in zip(engine_times["main"], engine_times["this"])]
+    res["engine_speedup_median"] = round(statistics.median(eratios), 3)
+    res["engine_speedup_range"] = [round(min(eratios), 3), round(max(eratios), 3)]
+    res["prefill_per_turn_last_round"] = {k: [{n: c[n] for n in ("prompts", "prompt_tokens", "prefill_tokens")}
+                                              for c in v] for k, v in turns.items()}
     print(json.dumps(res, indent=1))
 
 

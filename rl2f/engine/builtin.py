@@ -58,7 +58,7 @@ from rl2f.engine.sampling import (
 )
 from rl2f.engine.types import CompletionOutput, RequestOutput, SamplingParams, per_request
 from rl2f.errors import UserError
-from rl2f.lora import adapters_disabled, load_adapter
+from rl2f.lora import adapters_disabled, load_adapter, lora_layers
 
 _BLOCK = 16  # tokens per hashed block of the prefix index
 
@@ -201,8 +201,23 @@ class _Unit:
     samples: list[int]  # which of the request's n samples
 
 
-def _adapter_context(model: torch.nn.Module, use_adapter: bool):
-    return contextlib.nullcontext() if use_adapter else adapters_disabled(model)
+@contextlib.contextmanager
+def _folded_lora(model: torch.nn.Module):
+    """Run the adapter folded into the weights: each LoRA layer's `weight` is swapped for a
+    copy of W + scale * B @ A and its update switched off, then the very same Parameter
+    objects are put back (the model's own weights are never written). One matmul per layer
+    per token instead of three; equal to the unfolded forward up to fp32 round-off."""
+    layers = [m for _, m in lora_layers(model) if m.enabled and not m.merged]
+    saved = [m.weight for m in layers]
+    folded = [torch.nn.Parameter(m.weight + m.delta_weight().to(m.weight.dtype), requires_grad=False)
+              for m in layers]
+    try:
+        for m, w in zip(layers, folded):
+            m.weight, m.enabled = w, False
+        yield
+    finally:
+        for m, w in zip(layers, saved):
+            m.weight, m.enabled = w, True
 
 
 class BuiltinEngine:
@@ -217,12 +232,17 @@ class BuiltinEngine:
         sync_every: int = 8,
         compact_fraction: float = 0.25,
         prefix_cache_bytes: int = 1 << 30,
+        fold_lora: bool = True,
     ):
         """max_batch_size: sequences decoded together (prompts x samples); max_len: prompt +
         generation tokens per sequence (default: the model's max_position_embeddings);
         sync_every: decode steps between host checks; compact_fraction: drop finished rows
         from the cache once they are this fraction of the batch; prefix_cache_bytes: memory
-        for the keys/values kept between calls (0 = no prefix cache)."""
+        for the keys/values kept between calls (0 = no prefix cache); fold_lora: run student
+        batches of an fp32 model with the adapter folded into per-call weight copies
+        (`_folded_lora`: one matmul per LoRA layer instead of three, for one copy of the
+        adapted weights during the call). Never in bf16/fp16, where W + BA would round small updates away, nor under
+        torch.distributed, whose sharded parameters must not be swapped."""
         self.model = model
         self.tokenizer = tokenizer
         self.max_batch_size = int(max_batch_size)
@@ -235,6 +255,7 @@ class BuiltinEngine:
         cfg = model.config
         per_token = 2 * cfg.num_hidden_layers * cfg.num_key_value_heads * cfg.head_dim * model.dtype.itemsize
         self.prefix_cache = PrefixCache(prefix_cache_bytes, per_token) if prefix_cache_bytes > 0 else None
+        self.fold_lora = fold_lora
         self._weights_key = self._weights_version()
         self.stats = EngineStats()  # summed over calls
         self.last_stats = EngineStats()  # the last call's
@@ -293,7 +314,7 @@ class BuiltinEngine:
                              for s in range(0, params[r].n, self.max_batch_size)]
                     if not units:
                         continue
-                    with _adapter_context(self.model, flag):
+                    with self._adapter_context(flag):
                         for batch in self._pack(units, prompts, hits):
                             self._run_batch(batch, prompts, params, seeds, results, hits, flag, stats)
         finally:
@@ -310,6 +331,14 @@ class BuiltinEngine:
             ))
             self._next_request_id += 1
         return outputs
+
+    def _adapter_context(self, use_adapter: bool):
+        if not use_adapter:
+            return adapters_disabled(self.model)
+        distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+        if self.fold_lora and self.model.dtype == torch.float32 and not distributed:
+            return _folded_lora(self.model)
+        return contextlib.nullcontext()
 
     # --- batching ---------------------------------------------------------------------------
 

@@ -176,3 +176,21 @@ def test_adapter_change_invalidates(student, how, hand_off):
     fresh = BuiltinEngine(model, tok).generate([turn2], sp)[0]
     assert [c.token_ids for c in after.outputs] == [c.token_ids for c in fresh.outputs]
     assert [c.logprobs for c in after.outputs] == [c.logprobs for c in fresh.outputs]
+
+
+def test_folded_lora_equals_unfolded_and_restores_the_model(student):
+    """Student batches with the adapter folded into per-call weights give the tokens of the
+    unfolded adapter and log-probs within fp32 round-off; afterwards every LoRA layer holds
+    its own Parameter objects again, unchanged, with the adapter on."""
+    model, tok = student
+    before = {n: (m.weight, m.weight.detach().clone()) for n, m in lora_layers(model)}
+    prompts = [[2, 5, 6, 7, 8, 9], [2, 30, 31]]
+    sp = SamplingParams(n=3, temperature=1.0, max_tokens=10, seed=4)
+    folded = BuiltinEngine(model, tok, fold_lora=True).generate(prompts, sp)
+    plain = BuiltinEngine(model, tok, fold_lora=False).generate(prompts, sp)
+    for a, b in zip(folded, plain):
+        for ca, cb in zip(a.outputs, b.outputs):
+            assert ca.token_ids == cb.token_ids
+            assert ca.logprobs == pytest.approx(cb.logprobs, abs=1e-5)
+    for n, m in lora_layers(model):
+        assert m.weight is before[n][0] and torch.equal(m.weight, before[n][1]) and m.enabled
