@@ -33,8 +33,9 @@ the tokens up to it, so the results are those of a fresh prefill up to float rou
   (load_adapter, non-fused optimisers; fused optimiser kernels do not bump it).
 
 The engine shares the trainer's model: weights updated by an optimizer step are used by the
-next `generate`. Student requests (use_adapter=True) run with the LoRA adapter on, teacher /
-reference requests with it off (`rl2f.lora.adapters_disabled`), in the same engine.
+next `generate`. Student requests (use_adapter=True) run with the LoRA adapter on (in fp32,
+folded into per-call weight copies: `_folded_lora`), teacher / reference requests with it
+off (`rl2f.lora.adapters_disabled`), in the same engine.
 Output conventions (log-probs, stop tokens, stop strings) are in types.py. `engine.stats`
 counts the work done (see `EngineStats`).
 """
