@@ -232,7 +232,7 @@ class BuiltinEngine:
         max_len: int | None = None,
         sync_every: int = 8,
         compact_fraction: float = 0.25,
-        prefix_cache_bytes: int = 1 << 30,
+        prefix_cache_bytes: int = 256 << 20,
         fold_lora: bool = True,
     ):
         """max_batch_size: sequences decoded together (prompts x samples); max_len: prompt +
@@ -492,12 +492,13 @@ class BuiltinEngine:
                            position_ids=(next_pos + t).unsqueeze(1), cache=cache)[:, -1]  # (B', V)
             stats.decode_steps += 1
 
-        out_tokens, out_lp, lengths = out_tokens.cpu(), out_lp.cpu(), lengths.cpu()
+        # one transfer each, then plain lists: no per-row tensor ops from here on
+        out_tokens, out_lp, lengths = out_tokens.tolist(), out_lp.tolist(), lengths.tolist()
         if self.prefix_cache is not None:
-            kept += self._slice_rows(cache, range(len(active_host)), active_host, starts, lengths.tolist(), Tp)
+            kept += self._slice_rows(cache, range(len(active_host)), active_host, starts, lengths, Tp)
             for b, k, v in kept:
                 i, u, _ = row_units[b]
-                tokens = tuple(prompts[u.req]) + tuple(out_tokens[b, :k.shape[2] - plen[i]].tolist())
+                tokens = tuple(prompts[u.req]) + tuple(out_tokens[b][:k.shape[2] - plen[i]])
                 self.prefix_cache.store(tokens, k, v, flag, replaces=hits[u.req][0])
         self._finalize(row_units, sps, stop_sets, out_tokens, out_lp, lengths, results, stats)
 
@@ -539,8 +540,8 @@ class BuiltinEngine:
         decode = self.tokenizer.decode
         for b, (_, u, s) in enumerate(row_units):
             sp = sps[b]
-            n = int(lengths[b])
-            ids = out_tokens[b, :n].tolist()
+            n = lengths[b]
+            ids = out_tokens[b][:n]
             ends_with_stop_token = bool(ids) and ids[-1] in stop_sets[b]
             body = ids[:-1] if ends_with_stop_token else ids
             cut = truncate_at_stop(body, decode, sp.stop) if sp.stop else None
@@ -555,7 +556,7 @@ class BuiltinEngine:
                 index=s,
                 text=text,
                 token_ids=ids[:n],
-                logprobs=out_lp[b, :n].tolist() if sp.logprobs else None,
+                logprobs=out_lp[b][:n] if sp.logprobs else None,
                 finish_reason=finish,
                 stop_reason=stop_reason,
             )

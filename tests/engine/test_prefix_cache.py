@@ -194,3 +194,27 @@ def test_folded_lora_equals_unfolded_and_restores_the_model(student):
             assert ca.logprobs == pytest.approx(cb.logprobs, abs=1e-5)
     for n, m in lora_layers(model):
         assert m.weight is before[n][0] and torch.equal(m.weight, before[n][1]) and m.enabled
+
+
+def test_mixed_batch_of_cached_and_fresh_prompts(student):
+    """Calls mixing a prompt that extends a kept sequence (with fan-out) and fresh prompts
+    equal the same calls without a cache. A batch runs the same columns for every row, as
+    many as its longest uncached part: beside short fresh prompts the kept sequence is
+    reused whole, beside a longer fresh prompt only the columns before that part."""
+    model, tok = student
+    g = torch.Generator().manual_seed(2)
+    first = torch.randint(10, 900, (50,), generator=g).tolist()
+    sp = SamplingParams(n=2, temperature=1.0, max_tokens=7, seed=1)
+    ref = BuiltinEngine(model, tok, prefix_cache_bytes=0)
+    for fresh in ([[3, 4, 5], list(range(20, 30))], [torch.randint(10, 900, (60,), generator=g).tolist()]):
+        eng = BuiltinEngine(model, tok)
+        out = eng.generate([first], sp)[0].outputs[0].token_ids
+        prompts = [first + out + [7] * 12, *fresh]
+        got, want = eng.generate(prompts, sp), ref.generate(prompts, sp)
+        kept = len(first) + len(out) - 1
+        width = max(len(prompts[0]) - kept, *map(len, fresh))
+        assert eng.last_stats.cached_tokens == len(prompts[0]) - width
+        for a, b in zip(got, want):
+            for ca, cb in zip(a.outputs, b.outputs):
+                assert ca.token_ids == cb.token_ids
+                assert ca.logprobs == pytest.approx(cb.logprobs, abs=1e-5)
