@@ -95,6 +95,7 @@ class Attention(nn.Module):
         self.head_dim = cfg.head_dim
         self.scale = cfg.attn_scale
         self.softcap = cfg.attn_logit_softcapping
+        self.window = cfg.sliding_window if cfg.layer_types[layer_idx] == "sliding_attention" else None
         h, d = cfg.hidden_size, cfg.head_dim
         self.q_proj = nn.Linear(h, self.n_heads * d, bias=cfg.qkv_bias)
         self.k_proj = nn.Linear(h, self.n_kv * d, bias=cfg.qkv_bias)
@@ -117,6 +118,12 @@ class Attention(nn.Module):
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if cache is not None:
             k, v = cache.update(self.layer_idx, k, v)  # (B, Hkv, S, D)
+            # A local layer's T queries see none of the keys before column S - T - window + 1:
+            # leave them out of the attention rather than mask them (exact; cached decoding
+            # then costs O(window), not O(S), per token).
+            start = k.shape[2] - T - self.window + 1 if self.window is not None and mask is not None else 0
+            if start > 0:
+                k, v, mask = k[:, :, start:], v[:, :, start:], mask[..., start:]
         n_rep = self.n_heads // self.n_kv
         if self.softcap is not None:
             out = self._eager(q, repeat_kv(k, n_rep), repeat_kv(v, n_rep), mask)
