@@ -1,6 +1,7 @@
 """Side-by-side timing of the demo's RL2F rollout (one GRPO step's rollout: 8 problems x 8
 episodes, up to 5 turns, 8-token attempts, 2-layer tiny Gemma, one torch thread) with the
-built-in engine of a base commit (main) vs this worktree's, alternating over rounds; plus
+built-in engine and cached attention of a base commit (main) vs this worktree's, alternating
+over rounds (same model object, same problems per round); plus
 the prompt tokens each turn prefills, and optionally a cProfile of a few whole GRPO steps.
 
     python NOTES-engine/rollout_bench.py --rounds 7                 # timing + prefill table
@@ -27,17 +28,37 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 
 
-def main_engine_class(commit: str):
-    """BuiltinEngine as it is at `commit`, loaded as a separate module."""
-    src = subprocess.run(["git", "-C", str(REPO), "show", f"{commit}:rl2f/engine/builtin.py"],
+def _module_at(commit: str, path: str, name: str):
+    """A file of the repository as it is at `commit`, loaded as a separate module."""
+    src = subprocess.run(["git", "-C", str(REPO), "show", f"{commit}:{path}"],
                          capture_output=True, text=True, check=True).stdout
-    path = Path(tempfile.mkdtemp()) / "builtin_main.py"
-    path.write_text(src)
-    spec = importlib.util.spec_from_file_location("builtin_main", path)
+    file = Path(tempfile.mkdtemp()) / f"{name}.py"
+    file.write_text(src)
+    spec = importlib.util.spec_from_file_location(name, file)
     mod = importlib.util.module_from_spec(spec)
-    sys.modules["builtin_main"] = mod
+    sys.modules[name] = mod
     spec.loader.exec_module(mod)
-    return mod.BuiltinEngine
+    return mod
+
+
+def main_engine_class(commit: str):
+    """BuiltinEngine as it is at `commit`; its generate runs the model with the attention
+    of `commit` too (this branch also changed the cached attention in modeling.py)."""
+    from rl2f.model import modeling
+
+    engine_cls = _module_at(commit, "rl2f/engine/builtin.py", "builtin_main").BuiltinEngine
+    old_forward = _module_at(commit, "rl2f/model/modeling.py", "modeling_main").Attention.forward
+
+    class MainEngine(engine_cls):
+        def generate(self, *args, **kwargs):
+            new_forward = modeling.Attention.forward
+            modeling.Attention.forward = old_forward
+            try:
+                return super().generate(*args, **kwargs)
+            finally:
+                modeling.Attention.forward = new_forward
+
+    return MainEngine
 
 
 class Counting:
