@@ -242,8 +242,9 @@ class BuiltinEngine:
         for the keys/values kept between calls (0 = no prefix cache); fold_lora: run student
         batches of an fp32 model with the adapter folded into per-call weight copies
         (`_folded_lora`: one matmul per LoRA layer instead of three, for one copy of the
-        adapted weights during the call). Never in bf16/fp16, where W + BA would round small updates away, nor under
-        torch.distributed, whose sharded parameters must not be swapped."""
+        adapted weights during the call); never in bf16/fp16, where W + BA would round
+        small updates away, nor under torch.distributed, whose sharded parameters must not
+        be swapped."""
         self.model = model
         self.tokenizer = tokenizer
         self.max_batch_size = int(max_batch_size)
