@@ -1,4 +1,5 @@
-"""The built-in rollout engine: our model, in-process, batched, with a preallocated KV cache.
+"""The built-in rollout engine: our model, in-process, batched, with a preallocated KV cache
+and a prefix cache that carries a dialogue's keys/values from one turn to the next.
 
 Per batch: the distinct prompts are left-padded and prefilled ONCE, the cache and the last
 logits are fanned out to the n samples of each prompt, and a decode loop samples one token
@@ -9,13 +10,38 @@ dropped from the cache when enough of them pile up. Nothing else in the loop syn
 with the host: noise is counter-based (see sampling.py) and outputs are written into
 preallocated buffers.
 
+Prefix cache (vLLM's automatic prefix caching, in whole sequences rather than blocks): when
+a batch ends, the keys/values of every finished sequence (prompt + generated tokens, the
+last sampled token excluded: it was never fed to the model) are kept, keyed by their token
+ids. A later prompt that starts with a kept sequence copies those keys/values into its
+cache rows and prefills only the rest: the episode runner sends the whole dialogue every
+turn, and each turn then prefills the last sampled token, the teacher's message and the
+template around it, not the dialogue again. Every position's keys/values depend only on
+the tokens up to it, so the results are those of a fresh prefill up to float round-off
+(the same sampled tokens for the same seed, log-probs within fp32 round-off).
+- Lookup: chain hashes of 16-token blocks find the kept sequences sharing the longest run
+  of whole blocks with the prompt; the match is then extended token by token. Any common
+  prefix is reused, not only a whole kept sequence.
+- Memory: at most `prefix_cache_bytes` of keys/values (`PrefixCache.bytes_per_token` per
+  token), least recently used entries evicted first; a sequence that extends a kept one
+  replaces it (an episode holds one entry, its latest turn). Entries of finished episodes
+  are not released explicitly: they age out by LRU, and `release()` drops everything.
+- Validity: keys/values depend on the weights, so an entry is only served to requests with
+  the same adapter flag (use_adapter on/off) and the same weights. `set_adapter` clears the
+  cache: the trainer calls it after every optimiser step, which makes it the contract. As a
+  second guard, `generate` clears it when any parameter's in-place version counter moved
+  (load_adapter, non-fused optimisers; fused optimiser kernels do not bump it).
+
 The engine shares the trainer's model: weights updated by an optimizer step are used by the
-next `generate`. Student requests (use_adapter=True) run with the LoRA adapter on, teacher /
-reference requests with it off (`rl2f.lora.adapters_disabled`), in the same engine.
-Output conventions (log-probs, stop tokens, stop strings) are in types.py.
+next `generate`. Student requests (use_adapter=True) run with the LoRA adapter on (in fp32,
+folded into per-call weight copies: `_folded_lora`), teacher / reference requests with it
+off (`rl2f.lora.adapters_disabled`), in the same engine.
+Output conventions (log-probs, stop tokens, stop strings) are in types.py. `engine.stats`
+counts the work done (see `EngineStats`).
 """
 from __future__ import annotations
 
+import collections
 import contextlib
 import dataclasses
 from pathlib import Path
@@ -33,7 +59,139 @@ from rl2f.engine.sampling import (
 )
 from rl2f.engine.types import CompletionOutput, RequestOutput, SamplingParams, per_request
 from rl2f.errors import UserError
-from rl2f.lora import adapters_disabled, load_adapter
+from rl2f.lora import adapters_disabled, load_adapter, lora_layers
+
+_BLOCK = 16  # tokens per hashed block of the prefix index
+
+
+@dataclasses.dataclass
+class EngineStats:
+    """Work counters, summed over calls (`engine.stats`) or for the last call
+    (`engine.last_stats`). Token counts are per distinct prefilled prompt (a prompt fanned
+    out to n samples counts once) and exclude padding."""
+
+    calls: int = 0  # generate() calls
+    prompt_tokens: int = 0  # prompt tokens of the prefilled rows
+    cached_tokens: int = 0  # of those, tokens whose keys/values came from the prefix cache
+    prefill_tokens: int = 0  # of those, tokens run through the model: prompt - cached
+    generated_tokens: int = 0  # tokens returned (all samples)
+    decode_steps: int = 0  # batched forwards of one token per row
+
+    def add(self, other: "EngineStats") -> None:
+        for f in dataclasses.fields(self):
+            setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
+
+
+class _Entry:
+    """A kept sequence: its token ids and keys/values, (L, Hkv, n, D) each."""
+
+    __slots__ = ("id", "flag", "tokens", "keys", "values", "hashes")
+
+    def __init__(self, id_, flag, tokens, keys, values, hashes):
+        self.id, self.flag, self.tokens, self.keys, self.values, self.hashes = id_, flag, tokens, keys, values, hashes
+
+
+def _block_hashes(tokens: tuple, flag: bool, limit: int | None = None) -> list[int]:
+    """Chain hashes of the whole 16-token blocks of `tokens`: hash j covers tokens [0, 16(j+1))
+    and the adapter flag, so equal hashes mean equal prefixes (a collision is caught by the
+    exact comparison in `lookup`)."""
+    n = len(tokens) if limit is None else min(limit, len(tokens))
+    h, out = hash(("rl2f-prefix", flag)), []
+    for j in range(0, n - _BLOCK + 1, _BLOCK):
+        h = hash((h, tokens[j:j + _BLOCK]))
+        out.append(h)
+    return out
+
+
+class PrefixCache:
+    """Keys/values of finished sequences under an LRU byte budget (see the module docstring)."""
+
+    def __init__(self, budget_bytes: int, bytes_per_token: int):
+        self.budget_bytes = int(budget_bytes)
+        self.bytes_per_token = int(bytes_per_token)
+        self._entries: collections.OrderedDict[int, _Entry] = collections.OrderedDict()  # LRU first
+        self._index: dict[int, dict[int, None]] = {}  # block hash -> ids of entries holding that prefix
+        self._exact: dict[tuple, int] = {}  # (flag, tokens) -> id
+        self._tokens = 0
+        self._next_id = 0
+
+    @property
+    def tokens(self) -> int:
+        """Tokens held (the sum of the entries' lengths)."""
+        return self._tokens
+
+    @property
+    def bytes(self) -> int:
+        return self._tokens * self.bytes_per_token
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def clear(self) -> None:
+        self._entries.clear()
+        self._index.clear()
+        self._exact.clear()
+        self._tokens = 0
+
+    def lookup(self, tokens: tuple, flag: bool) -> tuple[_Entry | None, int]:
+        """The kept entry sharing the longest prefix with `tokens`, and that prefix's length
+        (at most len(tokens) - 1: the last prompt token is always run, for its logits)."""
+        ids = None
+        depth = 0
+        for h in _block_hashes(tokens, flag, len(tokens) - 1):
+            found = self._index.get(h)
+            if not found:
+                break
+            ids, depth = found, depth + 1
+        if ids is None:
+            return None, 0
+        cap, start = len(tokens) - 1, depth * _BLOCK
+        best, best_m = None, 0
+        for i in ids:
+            e = self._entries[i]
+            if e.tokens[:start] != tokens[:start]:  # a hash collision
+                continue
+            m, end = start, min(cap, len(e.tokens))
+            while m < end and e.tokens[m] == tokens[m]:
+                m += 1
+            if m > best_m:
+                best, best_m = e, m
+        if best is not None:
+            self._entries.move_to_end(best.id)
+        return best, best_m
+
+    def store(self, tokens: tuple, keys: torch.Tensor, values: torch.Tensor, flag: bool,
+              replaces: _Entry | None = None) -> None:
+        """Keep `tokens` with their keys/values ((L, Hkv, n, D) each). `replaces`, the entry
+        this sequence was prefilled from, is dropped when the new sequence extends it."""
+        n = len(tokens)
+        if n * self.bytes_per_token > self.budget_bytes:
+            return
+        if replaces is not None and replaces.id in self._entries and tokens[:len(replaces.tokens)] == replaces.tokens:
+            self._remove(replaces.id)
+        old = self._exact.get((flag, tokens))
+        if old is not None:
+            self._entries.move_to_end(old)
+            return
+        e = _Entry(self._next_id, flag, tokens, keys, values, _block_hashes(tokens, flag))
+        self._next_id += 1
+        self._entries[e.id] = e
+        self._exact[(flag, tokens)] = e.id
+        for h in e.hashes:
+            self._index.setdefault(h, {})[e.id] = None
+        self._tokens += n
+        while self.bytes > self.budget_bytes:
+            self._remove(next(iter(self._entries)))
+
+    def _remove(self, entry_id: int) -> None:
+        e = self._entries.pop(entry_id)
+        del self._exact[(e.flag, e.tokens)]
+        for h in e.hashes:
+            ids = self._index[h]
+            del ids[entry_id]
+            if not ids:
+                del self._index[h]
+        self._tokens -= len(e.tokens)
 
 
 @dataclasses.dataclass
@@ -44,8 +202,23 @@ class _Unit:
     samples: list[int]  # which of the request's n samples
 
 
-def _adapter_context(model: torch.nn.Module, use_adapter: bool):
-    return contextlib.nullcontext() if use_adapter else adapters_disabled(model)
+@contextlib.contextmanager
+def _folded_lora(model: torch.nn.Module):
+    """Run the adapter folded into the weights: each LoRA layer's `weight` is swapped for a
+    copy of W + scale * B @ A and its update switched off, then the very same Parameter
+    objects are put back (the model's own weights are never written). One matmul per layer
+    per token instead of three; equal to the unfolded forward up to fp32 round-off."""
+    layers = [m for _, m in lora_layers(model) if m.enabled and not m.merged]
+    saved = [m.weight for m in layers]
+    folded = [torch.nn.Parameter(m.weight + m.delta_weight().to(m.weight.dtype), requires_grad=False)
+              for m in layers]
+    try:
+        for m, w in zip(layers, folded):
+            m.weight, m.enabled = w, False
+        yield
+    finally:
+        for m, w in zip(layers, saved):
+            m.weight, m.enabled = w, True
 
 
 class BuiltinEngine:
@@ -59,11 +232,19 @@ class BuiltinEngine:
         max_len: int | None = None,
         sync_every: int = 8,
         compact_fraction: float = 0.25,
+        prefix_cache_bytes: int = 256 << 20,
+        fold_lora: bool = True,
     ):
         """max_batch_size: sequences decoded together (prompts x samples); max_len: prompt +
         generation tokens per sequence (default: the model's max_position_embeddings);
         sync_every: decode steps between host checks; compact_fraction: drop finished rows
-        from the cache once they are this fraction of the batch."""
+        from the cache once they are this fraction of the batch; prefix_cache_bytes: memory
+        for the keys/values kept between calls (0 = no prefix cache); fold_lora: run student
+        batches of an fp32 model with the adapter folded into per-call weight copies
+        (`_folded_lora`: one matmul per LoRA layer instead of three, for one copy of the
+        adapted weights during the call); never in bf16/fp16, where W + BA would round
+        small updates away, nor under torch.distributed, whose sharded parameters must not
+        be swapped."""
         self.model = model
         self.tokenizer = tokenizer
         self.max_batch_size = int(max_batch_size)
@@ -73,14 +254,33 @@ class BuiltinEngine:
         self.adapter_on = True  # False after set_adapter(None): student requests run the base
         self._next_request_id = 0
         self._vocab_hash: torch.Tensor | None = None
+        cfg = model.config
+        per_token = 2 * cfg.num_hidden_layers * cfg.num_key_value_heads * cfg.head_dim * model.dtype.itemsize
+        self.prefix_cache = PrefixCache(prefix_cache_bytes, per_token) if prefix_cache_bytes > 0 else None
+        self.fold_lora = fold_lora
+        self._weights_key = self._weights_version()
+        self.stats = EngineStats()  # summed over calls
+        self.last_stats = EngineStats()  # the last call's
 
     def set_adapter(self, version: int | None, path: str | Path | None = None) -> None:
         """The engine shares the trainer's model, so after an optimiser step the new weights
         are already live and `path` is None. A `path` loads that PEFT adapter into the model
-        (evaluation of saved adapters); `version=None` makes student requests run the base."""
+        (evaluation of saved adapters); `version=None` makes student requests run the base.
+        Either way the weights may have changed: the prefix cache is cleared."""
         if path is not None:
             load_adapter(self.model, path)
         self.adapter_on = version is not None
+        self.release()
+
+    def release(self) -> None:
+        """Drop every kept sequence of the prefix cache (e.g. when a rollout ends; without
+        this call, LRU eviction keeps it within prefix_cache_bytes)."""
+        if self.prefix_cache is not None:
+            self.prefix_cache.clear()
+
+    def _weights_version(self) -> int:
+        """Moves whenever a parameter is replaced or written in place (its version counter)."""
+        return hash(tuple((id(p), p._version) for p in self.model.parameters()))
 
     # --- public API -----------------------------------------------------------------------
 
@@ -97,6 +297,14 @@ class BuiltinEngine:
         seeds = [request_seed(sp.seed, ids) if sp.seed is not None
                  else int(torch.randint(0, 2**62, ()).item()) for sp, ids in zip(params, prompts)]
         results: list[list[CompletionOutput | None]] = [[None] * sp.n for sp in params]
+        weights = self._weights_version()
+        if weights != self._weights_key:
+            self.release()
+            self._weights_key = weights
+        stats = EngineStats(calls=1)
+        # the kept sequence (and how many of its tokens) each prompt starts with
+        hits = [self.prefix_cache.lookup(tuple(p), f) if self.prefix_cache is not None else (None, 0)
+                for p, f in zip(prompts, flags)]
 
         was_training = self.model.training
         self.model.eval()  # LoRA dropout off while sampling
@@ -108,11 +316,13 @@ class BuiltinEngine:
                              for s in range(0, params[r].n, self.max_batch_size)]
                     if not units:
                         continue
-                    with _adapter_context(self.model, flag):
-                        for batch in self._pack(units, prompts):
-                            self._run_batch(batch, prompts, params, seeds, results)
+                    with self._adapter_context(flag):
+                        for batch in self._pack(units, prompts, hits):
+                            self._run_batch(batch, prompts, params, seeds, results, hits, flag, stats)
         finally:
             self.model.train(was_training)
+        self.stats.add(stats)
+        self.last_stats = stats
 
         outputs = []
         for r, ids in enumerate(prompts):
@@ -124,10 +334,18 @@ class BuiltinEngine:
             self._next_request_id += 1
         return outputs
 
+    def _adapter_context(self, use_adapter: bool):
+        if not use_adapter:
+            return adapters_disabled(self.model)
+        distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+        if self.fold_lora and self.model.dtype == torch.float32 and not distributed:
+            return _folded_lora(self.model)
+        return contextlib.nullcontext()
+
     # --- batching ---------------------------------------------------------------------------
 
     def _prompt_ids(self, p: Sequence[int] | str) -> list[int]:
-        ids = self.tokenizer.encode(p) if isinstance(p, str) else [int(t) for t in p]
+        ids = self.tokenizer.encode(p) if isinstance(p, str) else list(map(int, p))
         if not ids:
             raise UserError("generate() got an empty prompt; a prompt needs at least one token")
         if self.max_len is not None and len(ids) >= self.max_len:
@@ -135,10 +353,11 @@ class BuiltinEngine:
                             f"within max_len={self.max_len}")
         return ids
 
-    def _pack(self, units: list[_Unit], prompts: list[list[int]]) -> list[list[_Unit]]:
-        """Group units into batches of <= max_batch_size rows; prompts of similar length go
-        together so little of the batch is padding."""
-        units = sorted(units, key=lambda u: len(prompts[u.req]))
+    def _pack(self, units: list[_Unit], prompts: list[list[int]], hits) -> list[list[_Unit]]:
+        """Group units into batches of <= max_batch_size rows; prompts with a similar number
+        of tokens to prefill (beyond what the prefix cache holds) go together, so little of
+        the batch is padding."""
+        units = sorted(units, key=lambda u: len(prompts[u.req]) - hits[u.req][1])
         batches, cur, rows = [], [], 0
         for u in units:
             if cur and rows + len(u.samples) > self.max_batch_size:
@@ -152,7 +371,7 @@ class BuiltinEngine:
 
     # --- one batch ----------------------------------------------------------------------------
 
-    def _run_batch(self, units, prompts, params, seeds, results) -> None:
+    def _run_batch(self, units, prompts, params, seeds, results, hits, flag, stats) -> None:
         model, dev = self.model, self.model.device
         pad_id = getattr(self.tokenizer, "pad_id", None) or 0
         plen = [len(prompts[u.req]) for u in units]
@@ -168,17 +387,31 @@ class BuiltinEngine:
         max_new = max(budget)
         B, total = len(row_units), Tp + max_new
 
-        # prefill each distinct prompt once
-        input_ids = torch.full((len(units), Tp), pad_id, dtype=torch.long)
-        mask = torch.zeros((len(units), Tp), dtype=torch.long)
-        for i, u in enumerate(units):
-            input_ids[i, Tp - plen[i]:] = torch.tensor(prompts[u.req])
-            mask[i, Tp - plen[i]:] = 1
+        # prefill each distinct prompt once: the last W columns are run through the model,
+        # where W covers the longest part of any row that the prefix cache does not hold;
+        # the columns before them are copied from the kept sequences
+        W = max(p - hits[u.req][1] for p, u in zip(plen, units))
+        reuse = [max(0, p - W) for p in plen]
+        input_ids = torch.tensor([[pad_id] * (Tp - n) + prompts[u.req] for n, u in zip(plen, units)])  # (P, Tp)
+        mask = (torch.arange(Tp) >= torch.tensor([Tp - n for n in plen]).unsqueeze(1)).long()  # (P, Tp)
         input_ids, mask = input_ids.to(dev), mask.to(dev)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)  # (P, Tp)
         cache = model.new_cache(len(units), total)
-        hidden = model.hidden_states(input_ids, attention_mask=mask, position_ids=positions, cache=cache)
+        if any(reuse):
+            rows = [i for i in range(len(units)) if reuse[i]]
+            row_idx, col_idx = _ragged(rows, [Tp - plen[i] for i in rows], [reuse[i] for i in rows], dev)
+            src_k = torch.cat([hits[units[i].req][0].keys[:, :, :reuse[i]] for i in rows], dim=2)  # (L, Hkv, N, D)
+            src_v = torch.cat([hits[units[i].req][0].values[:, :, :reuse[i]] for i in rows], dim=2)
+            for layer, (k, v) in enumerate(zip(cache.keys, cache.values)):
+                k[row_idx, :, col_idx] = src_k[layer].transpose(0, 1)  # (N, Hkv, D)
+                v[row_idx, :, col_idx] = src_v[layer].transpose(0, 1)
+        cache.advance(Tp - W)
+        hidden = model.hidden_states(input_ids[:, Tp - W:], attention_mask=mask,
+                                     position_ids=positions[:, Tp - W:], cache=cache)  # (P, W, H)
         logits = model.logits(hidden[:, -1])  # (P, V): only the last position is ever needed
+        stats.prompt_tokens += sum(plen)
+        stats.cached_tokens += sum(reuse)
+        stats.prefill_tokens += sum(plen) - sum(reuse)
 
         # fan out: row b of the decode batch is sample `s` of unit `i`
         counts = [len(u.samples) for u in units]
@@ -219,6 +452,8 @@ class BuiltinEngine:
         finished = torch.zeros(B, dtype=torch.bool, device=dev)  # of the active rows
         checked = [0] * B  # tokens already searched for stop strings, per batch row
         active_host = list(range(B))
+        kept = []  # (batch row, keys, values) of rows whose keys/values the prefix cache keeps
+        starts = [Tp - plen[i] for i, _, _ in row_units]  # first column of each batch row
 
         for t in range(max_new):
             tok, lp = sample_step(logits, temperature, keys, t, self._vocab_hash, top_k, top_p, all_greedy)
@@ -241,6 +476,9 @@ class BuiltinEngine:
                 if n_done == len(done):
                     break
                 if n_done >= self.compact_fraction * len(done):
+                    if self.prefix_cache is not None:
+                        kept += self._slice_rows(cache, [i for i, d in enumerate(done) if d], active_host,
+                                                 starts, lengths.tolist(), Tp)
                     keep_host = [i for i, d in enumerate(done) if not d]
                     keep = torch.tensor(keep_host, device=dev)
                     cache = cache.index_select(keep)
@@ -253,8 +491,33 @@ class BuiltinEngine:
             S = Tp + t + 1
             logits = model(tok.unsqueeze(1), attention_mask=attn[:, :S],
                            position_ids=(next_pos + t).unsqueeze(1), cache=cache)[:, -1]  # (B', V)
+            stats.decode_steps += 1
 
-        self._finalize(row_units, sps, stop_sets, out_tokens.cpu(), out_lp.cpu(), lengths.cpu(), results)
+        # one transfer each, then plain lists: no per-row tensor ops from here on
+        out_tokens, out_lp, lengths = out_tokens.tolist(), out_lp.tolist(), lengths.tolist()
+        if self.prefix_cache is not None:
+            kept += self._slice_rows(cache, range(len(active_host)), active_host, starts, lengths, Tp)
+            for b, k, v in kept:
+                i, u, _ = row_units[b]
+                tokens = tuple(prompts[u.req]) + tuple(out_tokens[b][:k.shape[2] - plen[i]])
+                self.prefix_cache.store(tokens, k, v, flag, replaces=hits[u.req][0])
+        self._finalize(row_units, sps, stop_sets, out_tokens, out_lp, lengths, results, stats)
+
+    @staticmethod
+    def _slice_rows(cache, rows, active_host, starts, lengths, Tp):
+        """Copies of the keys/values of the given decode rows: prompt + generated tokens up to,
+        not including, each row's last (never fed to the model). Returns (batch row, keys,
+        values) with (L, Hkv, n, D) tensors."""
+        rows = list(rows)
+        if not rows:
+            return []
+        batch_rows = [active_host[r] for r in rows]
+        counts = [Tp + lengths[b] - 1 - starts[b] for b in batch_rows]
+        row_idx, col_idx = _ragged(rows, [starts[b] for b in batch_rows], counts, cache.keys[0].device)
+        k = torch.stack([k[row_idx, :, col_idx] for k in cache.keys]).transpose(1, 2)  # (L, Hkv, N, D)
+        v = torch.stack([v[row_idx, :, col_idx] for v in cache.values]).transpose(1, 2)
+        return [(b, ks.contiguous(), vs.contiguous())
+                for b, ks, vs in zip(batch_rows, k.split(counts, dim=2), v.split(counts, dim=2))]
 
     def _check_stop_strings(self, done, active_host, out_tokens, n, sps, checked) -> list[bool]:
         """Host check of stop strings for the unfinished active rows that have any."""
@@ -273,13 +536,13 @@ class BuiltinEngine:
             checked[b] = n
         return done
 
-    def _finalize(self, row_units, sps, stop_sets, out_tokens, out_lp, lengths, results) -> None:
+    def _finalize(self, row_units, sps, stop_sets, out_tokens, out_lp, lengths, results, stats) -> None:
         """Cut each row at its stop token or stop string and write its CompletionOutput."""
         decode = self.tokenizer.decode
         for b, (_, u, s) in enumerate(row_units):
             sp = sps[b]
-            n = int(lengths[b])
-            ids = out_tokens[b, :n].tolist()
+            n = lengths[b]
+            ids = out_tokens[b][:n]
             ends_with_stop_token = bool(ids) and ids[-1] in stop_sets[b]
             body = ids[:-1] if ends_with_stop_token else ids
             cut = truncate_at_stop(body, decode, sp.stop) if sp.stop else None
@@ -294,7 +557,17 @@ class BuiltinEngine:
                 index=s,
                 text=text,
                 token_ids=ids[:n],
-                logprobs=out_lp[b, :n].tolist() if sp.logprobs else None,
+                logprobs=out_lp[b][:n] if sp.logprobs else None,
                 finish_reason=finish,
                 stop_reason=stop_reason,
             )
+            stats.generated_tokens += n
+
+
+def _ragged(rows: list[int], starts: list[int], counts: list[int], device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Flat (row, column) indices of the column runs [starts[j], starts[j] + counts[j]) of
+    rows[j], concatenated: (N,) each, N = sum(counts)."""
+    n = torch.tensor(counts)
+    first = torch.repeat_interleave(torch.cumsum(n, 0) - n, n)  # (N,) offset of each run's first index
+    col = torch.repeat_interleave(torch.tensor(starts), n) + torch.arange(int(n.sum())) - first
+    return torch.repeat_interleave(torch.tensor(rows), n).to(device), col.to(device)

@@ -95,6 +95,7 @@ class Attention(nn.Module):
         self.head_dim = cfg.head_dim
         self.scale = cfg.attn_scale
         self.softcap = cfg.attn_logit_softcapping
+        self.window = cfg.sliding_window if cfg.layer_types[layer_idx] == "sliding_attention" else None
         h, d = cfg.hidden_size, cfg.head_dim
         self.q_proj = nn.Linear(h, self.n_heads * d, bias=cfg.qkv_bias)
         self.k_proj = nn.Linear(h, self.n_kv * d, bias=cfg.qkv_bias)
@@ -117,6 +118,12 @@ class Attention(nn.Module):
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if cache is not None:
             k, v = cache.update(self.layer_idx, k, v)  # (B, Hkv, S, D)
+            # A local layer's T queries see none of the keys before column S - T - window + 1:
+            # leave them out of the attention rather than mask them (exact; cached decoding
+            # then costs O(window), not O(S), per token).
+            start = k.shape[2] - T - self.window + 1 if self.window is not None and mask is not None else 0
+            if start > 0:
+                k, v, mask = k[:, :, start:], v[:, :, start:], mask[..., start:]
         n_rep = self.n_heads // self.n_kv
         if self.softcap is not None:
             out = self._eager(q, repeat_kv(k, n_rep), repeat_kv(v, n_rep), mask)
@@ -125,6 +132,12 @@ class Attention(nn.Module):
             if not gqa:
                 k, v = repeat_kv(k, n_rep), repeat_kv(v, n_rep)
             out = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=self.scale, **gqa)
+        elif T == 1 and n_rep > 1:
+            # Cached decoding: the n_rep query heads of a KV head become n_rep query rows
+            # against it (one mask row serves them all), so the cache is never expanded.
+            qg = q.view(B, self.n_kv, n_rep, self.head_dim)  # (B, Hkv, n_rep, D)
+            out = F.scaled_dot_product_attention(qg, k, v, attn_mask=mask, scale=self.scale)
+            out = out.view(B, self.n_heads, 1, self.head_dim)  # (B, H, 1, D)
         else:
             # Expanded KV + a boolean mask keeps the memory-efficient kernel usable on GPU.
             out = F.scaled_dot_product_attention(q, repeat_kv(k, n_rep), repeat_kv(v, n_rep),
