@@ -203,7 +203,7 @@ class RolloutSection:
     max_turns: int = 4  # T: student attempts per episode (1 = single-turn)
     temperature: float = 1.0
     top_p: float = 1.0
-    top_k: int = 0  # 0 = off
+    top_k: int | None = None  # tokens kept; None (the key left out) = off
     max_new_tokens: int = 64  # per student attempt
     teacher: Literal["programmatic", "llm", "retry", "self"] = "programmatic"  # retry: "incorrect, try again"; self: the student critiques itself
     teacher_max_new_tokens: int = 64
@@ -213,6 +213,7 @@ class RolloutSection:
     # no longer fits (recorded as context_full, counted in the metrics) and skips a problem whose
     # prompt alone cannot fit, naming it; "error" stops the run with the problem's id instead.
     overlong: Literal["skip", "error"] = "skip"
+    prefix_cache_mb: int = 256  # built-in engine: keys/values kept between an episode's turns (0 = off)
     seed: int = 0
 
     def __post_init__(self):
@@ -224,9 +225,13 @@ class RolloutSection:
             raise ValueError("temperature must be >= 0")
         if not 0 < self.top_p <= 1:
             raise ValueError("top_p must be in (0, 1]")
+        if self.top_k is not None and self.top_k < 1:
+            raise ValueError(f"top_k must be >= 1 (leave it out for no top-k), got {self.top_k}")
         for name in ("max_new_tokens", "teacher_max_new_tokens", "problems_per_batch", "leak_guard_tries"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.prefix_cache_mb < 0:
+            raise ValueError(f"prefix_cache_mb must be >= 0, got {self.prefix_cache_mb}")
 
 
 # The Linear layers LoRA can wrap (rl2f/lora.py), and the short names accepted for them.

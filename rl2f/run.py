@@ -111,7 +111,7 @@ def build_inference_run(cfg: RunConfig, d: Dist, model: CausalLM | None = None,
 
 def build_engine(cfg: RunConfig, model, tokenizer, path: Path, d: Dist) -> Engine:
     if cfg.rollout.engine == "builtin":
-        return make_engine("builtin", model=model, tokenizer=tokenizer)
+        return make_engine("builtin", model=model, tokenizer=tokenizer, prefix_cache_bytes=cfg.rollout.prefix_cache_mb << 20)
     # One vLLM engine per rank on its own GPU, beside the trainer: leave it half the memory.
     # Under torchrun, vLLM joins the existing process group instead of starting its own
     # (the "external_launcher" executor, as TRL's colocate mode does).

@@ -58,6 +58,9 @@ def test_int_is_accepted_for_float():
         ("model.device='banana'", "model.device"),
         ("model.device='cuda:x'", "model.device"),
         ("rollout.overlong='truncate'", "rollout.overlong"),
+        ("rollout.top_k=0", "top_k"),  # "off" is one encoding: the key left out (None)
+        ("rollout.top_k=-1", "top_k"),
+        ("rollout.prefix_cache_mb=-1", "prefix_cache_mb"),
     ],
 )
 def test_bad_values_name_the_key(override, key):

@@ -433,8 +433,8 @@ class BuiltinEngine:
             self._vocab_hash = mix32(torch.arange(V, dtype=torch.int64, device=dev))
         temperature = torch.tensor([sp.temperature for sp in sps], dtype=torch.float32, device=dev)
         keys = torch.tensor([stream_key(seeds[u.req], s) for _, u, s in row_units], device=dev)
-        truncate = any(sp.top_k > 0 or sp.top_p < 1.0 for sp in sps)
-        top_k = torch.tensor([sp.top_k if sp.top_k > 0 else V for sp in sps], device=dev) if truncate else None
+        truncate = any(sp.top_k is not None or sp.top_p < 1.0 for sp in sps)
+        top_k = torch.tensor([V if sp.top_k is None else sp.top_k for sp in sps], device=dev) if truncate else None
         top_p = torch.tensor([sp.top_p for sp in sps], dtype=torch.float32, device=dev) if truncate else None
         all_greedy = all(sp.greedy for sp in sps)
         base_stop = list(getattr(self.tokenizer, "stop_ids", None) or [])

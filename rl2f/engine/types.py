@@ -28,7 +28,7 @@ class SamplingParams:
     n: int = 1  # samples per prompt; the prompt is prefilled once and fanned out
     temperature: float = 1.0  # 0 = greedy
     top_p: float = 1.0  # nucleus mass kept; 1.0 = off
-    top_k: int = -1  # tokens kept; -1 or 0 = off
+    top_k: int | None = None  # tokens kept; None = off
     max_tokens: int = 64  # generated tokens at most (the stop token included)
     stop: list[str] = field(default_factory=list)  # stop strings, matched on decoded text
     stop_token_ids: list[int] = field(default_factory=list)  # added to the tokenizer's stop ids
@@ -47,8 +47,8 @@ class SamplingParams:
             raise UserError(f"SamplingParams.temperature must be >= 0, got {self.temperature}")
         if not 0.0 < self.top_p <= 1.0:
             raise UserError(f"SamplingParams.top_p must be in (0, 1], got {self.top_p}")
-        if self.top_k < -1:
-            raise UserError(f"SamplingParams.top_k must be -1 (off), 0 (off) or > 0, got {self.top_k}")
+        if self.top_k is not None and self.top_k < 1:
+            raise UserError(f"SamplingParams.top_k must be None (off) or >= 1, got {self.top_k}")
         if self.max_tokens < 1:
             raise UserError(f"SamplingParams.max_tokens must be >= 1, got {self.max_tokens}")
         if any(not s for s in self.stop):

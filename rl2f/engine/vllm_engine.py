@@ -50,7 +50,7 @@ def to_vllm_params(vllm_module, params: SamplingParams, extra_stop_ids: Sequence
         n=params.n,
         temperature=params.temperature,
         top_p=params.top_p,
-        top_k=params.top_k if params.top_k > 0 else -1,
+        top_k=-1 if params.top_k is None else params.top_k,  # vLLM's encoding of off
         max_tokens=params.max_tokens,
         stop=list(params.stop),
         stop_token_ids=stop_ids,

@@ -125,7 +125,7 @@ def test_engine_requests_and_lora_hot_swap(fake_vllm):
     assert llm.init_kwargs == dict(model="/ckpt", enable_lora=True, max_lora_rank=16,
                                    gpu_memory_utilization=0.5, dtype="bfloat16",
                                    logprobs_mode="processed_logprobs")
-    sp = SamplingParams(n=3, temperature=0.7, top_k=0, max_tokens=9, stop=["\n\n"],
+    sp = SamplingParams(n=3, temperature=0.7, max_tokens=9, stop=["\n\n"],
                         stop_token_ids=[9, 11], seed=5)
     res = eng.generate([[1, 2], "hi"], sp, use_adapter=[True, False])
     prompts, vparams, loras = llm.calls[-1]
