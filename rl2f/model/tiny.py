@@ -15,6 +15,7 @@ import torch
 
 from rl2f.model.config import CAUSAL_LM_ARCH, TEXT_MODEL_TYPE, parse_hf_config
 from rl2f.model.modeling import CausalLM, RMSNorm
+from rl2f.model.tokenizer import build_tiny_tokenizer, tiny_special_ids, write_tokenizer
 
 FAMILIES = ("gemma3", "llama", "qwen2", "qwen3")
 
@@ -100,11 +101,9 @@ def build_tiny_model(family: str = "gemma3", vocab_size: int = 512, seed: int = 
 
 def build_tiny_checkpoint(out_dir: str | Path, family: str = "gemma3", seed: int = 0, **overrides) -> Path:
     """Write the embedded default checkpoint (model + tokenizer) to `out_dir`; return its path."""
-    from rl2f.model import tokenizer as tok_mod
-
-    tok = tok_mod.build_tiny_tokenizer(family, seed=seed)
-    overrides = {**tok_mod.tiny_special_ids(tok, family), **overrides}
+    tok = build_tiny_tokenizer(family, seed=seed)
+    overrides = {**tiny_special_ids(tok, family), **overrides}
     hf, model = build_tiny_model(family, tok.get_vocab_size(), seed, **overrides)
     out = write_checkpoint(out_dir, hf, model)
-    tok_mod.write_tokenizer(tok, out, family)
+    write_tokenizer(tok, out, family)
     return out

@@ -9,7 +9,9 @@ TASKS = ("math", "maze", "puzzle", "code", "secret")
 
 
 def get_task(name: str, **options) -> Task:
-    """A task by name; `options` go to its constructor (e.g. difficulty, path, size)."""
+    """A task by name; `options` go to its constructor (e.g. difficulty, path, size). Each
+    task module is imported when asked for: the math task pulls in sympy (half a second),
+    which `rl2f --help` and the other tasks do without."""
     if name == "math":
         from rl2f.tasks.math import MathTask as cls
     elif name == "maze":

@@ -33,8 +33,9 @@ import numpy as np
 import torch
 
 from rl2f.config import RunConfig, from_dict, to_dict
-from rl2f.errors import UserError
 from rl2f.distributed import Dist, barrier, unsharded
+from rl2f.errors import UserError
+from rl2f.lora import save_adapter
 
 KEEP = 2
 # Config keys a resumed run may change: when to stop (max_steps, not below the saved step;
@@ -80,7 +81,6 @@ def save_checkpoint(out_dir: str | Path, d: Dist, model, optimizer, scheduler, c
     checkpoint that is kept; the partial directory is removed."""
     from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
 
-    from rl2f.lora import save_adapter
 
     root = Path(out_dir) / "checkpoints"
     name = checkpoint_name(step)
