@@ -184,7 +184,11 @@ class VLLMEngine:
                             "GRPO's ratio; install vLLM >= 0.10.2") from None
         self._lora_request = None
         if self_check:
-            self._check_base_requests(min(8, max_lora_rank))
+            try:
+                self._check_base_requests(min(8, max_lora_rank))
+            except UserError:
+                self.llm.llm_engine.engine_core.shutdown()  # its processes would outlive the error
+                raise
 
     def _check_base_requests(self, rank: int) -> None:
         """Refuse a vLLM that lets a loaded adapter reach requests without one (the CPU LoRA
