@@ -173,6 +173,8 @@ class RolloutSection:
     teacher: Literal["programmatic", "llm", "retry", "self"] = "programmatic"  # retry: "incorrect, try again"; self: the student critiques itself
     teacher_max_new_tokens: int = 64
     leak_guard_tries: int = 3  # regenerations of a leaking LLM-teacher message before the fallback
+    leak_judge: bool = False  # LLM teacher: the base model also judges each draft the string checks pass
+    vllm_kv_cache_gib: float = 0.0  # vLLM KV cache in GiB; 0 = GPU: a share of its memory, CPU: VLLM_CPU_KVCACHE_SPACE or 2
     problems_per_batch: int = 8  # problems rolled out together (x group_size episodes)
     seed: int = 0
 
@@ -188,6 +190,8 @@ class RolloutSection:
         for name in ("max_new_tokens", "teacher_max_new_tokens", "problems_per_batch", "leak_guard_tries"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.vllm_kv_cache_gib < 0:
+            raise ValueError(f"vllm_kv_cache_gib must be >= 0, got {self.vllm_kv_cache_gib}")
 
 
 @dataclasses.dataclass
@@ -276,3 +280,9 @@ class RunConfig:
         if self.train.method in ("rlvr", "rl2f") and self.rollout.group_size < 2:
             # A group of one has zero variance by construction: GRPO would learn nothing.
             raise ValueError("rollout.group_size must be >= 2 for GRPO")
+        r = self.rollout
+        if self.train.method in ("rlvr", "rl2f") and r.engine == "vllm" and r.temperature > 0 and (r.top_p < 1 or r.top_k > 0):
+            # vLLM's log-probs are of the truncated distribution, the trainer's of the full one.
+            raise ValueError(f"rollout.top_p = {r.top_p} / rollout.top_k = {r.top_k} with rollout.engine = 'vllm' "
+                             "biases GRPO's ratio (vLLM's sampling log-probs are of the truncated distribution): "
+                             "set rollout.top_p = 1.0 and rollout.top_k = 0")

@@ -133,7 +133,8 @@ def build_engine(cfg: RunConfig, model, tokenizer, path: Path, d: Dist):
     # (the "external_launcher" executor, as TRL's colocate mode does).
     extra = {"distributed_executor_backend": "external_launcher"} if d.enabled else {}
     return make_engine("vllm", model_path=str(path), tokenizer=tokenizer, max_lora_rank=max(cfg.lora.rank, 8),
-                       gpu_memory_utilization=0.45, seed=cfg.rollout.seed, enable_prefix_caching=True, **extra)
+                       gpu_memory_utilization=0.45, seed=cfg.rollout.seed, enable_prefix_caching=True,
+                       dtype=cfg.model.dtype, kv_cache_gib=cfg.rollout.vllm_kv_cache_gib or None, **extra)
 
 
 def build_runner(cfg: RunConfig, engine, tokenizer, task):
@@ -141,7 +142,8 @@ def build_runner(cfg: RunConfig, engine, tokenizer, task):
     from rl2f.teacher import make_teacher
 
     teacher_params = replace(student_sampling_params(cfg), max_tokens=cfg.rollout.teacher_max_new_tokens)
-    teacher = make_teacher(cfg.rollout.teacher, task, engine, tokenizer, teacher_params, cfg.rollout.leak_guard_tries)
+    teacher = make_teacher(cfg.rollout.teacher, task, engine, tokenizer, teacher_params, cfg.rollout.leak_guard_tries,
+                           leak_judge=cfg.rollout.leak_judge)
     return EpisodeRunner(task, engine, tokenizer, teacher, student_sampling_params(cfg), effective_max_turns(cfg))
 
 
