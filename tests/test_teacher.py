@@ -157,21 +157,28 @@ def real_model_dir(name: str = "smollm2"):
 
 
 def test_real_model_teacher_and_judge():
-    """SmolLM2 (built-in engine, adapter off): the judge says yes to a message stating the
-    answer and no to one about something else; the teacher writes a hint from the dialogue
-    that is not the bare answer (the guard passes it or replaces it)."""
+    """SmolLM2 (built-in engine, adapter off) as teacher and judge on a wrong attempt: the
+    teacher's feedback is text the string checks pass (or the generic hint), never the
+    answer; the judge gives a verdict for every draft the strings passed, and says no to a
+    message unrelated to the answer. (A 135M model is no judge of leaks: it also says no to
+    "The answer is 42.", so that is not asserted; the judge is for larger base models.)"""
     from rl2f.engine import make_engine
+    from rl2f.leak_guard import LeakGuard
     from rl2f.tasks.base import Problem
 
     path = real_model_dir()
     engine = make_engine("builtin", model_path=str(path))
     tok = engine.tokenizer
-    judge = LLMJudge(engine, tok)
     problem = Problem(id="p", prompt="What is 17 + 25?", answer="42")
-    assert judge.judge(["The answer is 42.", "Remember that Paris is in France."], [problem, problem]) == [True, False]
+    assert LLMJudge(engine, tok).judge(["Remember that Paris is in France."], [problem]) == [False]
     task = get_task("math")
     teacher = make_teacher("llm", task, engine, tok, SamplingParams(temperature=0.7, max_tokens=40, seed=0),
                            max_tries=2, leak_judge=True)
+    judged = []
+    judge = teacher.judge.judge
+    teacher.judge.judge = lambda messages, problems: judged.append(list(messages)) or judge(messages, problems)
     history = [{"role": "user", "content": problem.prompt}, {"role": "assistant", "content": "17 + 25 = 32"}]
     (fb,) = teacher.feedback([FeedbackRequest(problem, "17 + 25 = 32", task.verify("32", problem), history)])
-    assert fb.text.strip() and "42" not in fb.text
+    assert fb.text.strip() and (fb.text == GENERIC_HINT or not LeakGuard(task).check(fb.text, problem).leaked)
+    assert judged and all(not LeakGuard(task).check(m, problem).leaked for ms in judged for m in ms)
+    assert fb.tries == len(fb.leak_reasons) + (fb.text != GENERIC_HINT)
