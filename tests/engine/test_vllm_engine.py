@@ -412,3 +412,57 @@ def test_real_vllm_self_check_refuses_the_cpu_lora_bug(real, monkeypatch):
     with pytest.raises(UserError, match="CPU LoRA bug"):
         make_engine("vllm", model_path=str(real.path), tokenizer=real.tok, max_lora_rank=8, kv_cache_gib=0.25,
                     max_model_len=256, enforce_eager=True, dtype="float32")
+
+
+def test_rl_training_with_vllm_truncation_is_refused():
+    """A run config for GRPO with rollout.engine = 'vllm' and top_p < 1 or top_k is refused
+    by key name (the sampling log-probs would be of the truncated distribution); greedy, or
+    the built-in engine, is not refused."""
+    from rl2f.config import RunConfig, load_config
+
+    for bad in ("rollout.top_p=0.9", "rollout.top_k=20"):
+        with pytest.raises(UserError, match=r"rollout.top_p.*rollout.top_k.*biases GRPO's ratio"):
+            load_config(RunConfig, overrides=["rollout.engine=vllm", bad])
+    load_config(RunConfig, overrides=["rollout.engine=builtin", "rollout.top_p=0.9"])
+    load_config(RunConfig, overrides=["rollout.engine=vllm", "rollout.top_p=0.9", "train.method=sft"])
+
+
+def test_real_model_in_vllm_equals_rl2f(tmp_path):
+    """SmolLM2 (`rl2f fetch-model smollm2`): greedy tokens of vLLM (fp32) equal the built-in
+    engine's on rl2f's model, for the base and for an adapter rl2f trained on it (PEFT
+    format, served by vLLM beside base requests); log-probs agree to 1e-3."""
+    require_vllm()
+    import torch
+
+    from rl2f.lora import apply_lora, lora_parameters, save_adapter
+    from rl2f.model import load_model, load_tokenizer
+    from rl2f.train.common import cache_dir
+
+    path = cache_dir() / "models" / "smollm2"
+    if not (path / "config.json").is_file():
+        if os.environ.get("RL2F_REQUIRE_REAL_MODELS") == "1":
+            pytest.fail(f"{path} is missing: run `rl2f fetch-model smollm2` before the tests")
+        pytest.skip("run `rl2f fetch-model smollm2` first")
+    tok = load_tokenizer(path)
+    base = load_model(path).eval()
+    lora = apply_lora(load_model(path), rank=8, alpha=16, seed=0)
+    text = torch.tensor([tok.encode("The capital of Germany is Berlin, and the capital of France is Paris.")])
+    opt = torch.optim.SGD(lora_parameters(lora), lr=0.5)
+    for _ in range(2):  # a few steps of next-token loss: an adapter that changes the model
+        torch.nn.functional.cross_entropy(lora(text[:, :-1])[0], text[0, 1:]).backward()
+        opt.step()
+        opt.zero_grad()
+    adapter = save_adapter(lora, tmp_path / "adapter")
+    lora.eval()
+    prompts = [tok.encode("The capital of Germany is"), tok.encode("1, 2, 3, 4,")]
+    sp = SamplingParams(temperature=0.0, max_tokens=6)
+    eng = make_engine("vllm", model_path=str(path), tokenizer=tok, max_lora_rank=8, kv_cache_gib=0.5,
+                      max_model_len=512, enforce_eager=True, dtype="float32")
+    eng.set_adapter(1, adapter)
+    got = eng.generate(prompts + prompts, sp, use_adapter=[True, True, False, False])
+    shutdown(eng)
+    want_lora = _builtin_greedy(lora, tok, prompts, 6)
+    want_base = _builtin_greedy(base, tok, prompts, 6)
+    assert ids(got[:2]) == ids(want_lora) and ids(got[2:]) == ids(want_base)
+    _assert_follows(got[:2], lora, tok, T=1.0, atol=1e-3)
+    _assert_follows(got[2:], base, tok, T=1.0, atol=1e-3)
