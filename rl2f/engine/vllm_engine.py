@@ -166,6 +166,10 @@ class VLLMEngine:
         self._vllm = vllm
         self.tokenizer = tokenizer
         self.model_path = Path(model_path)
+        if kw.get("distributed_executor_backend") == "external_launcher":
+            # One engine per torchrun rank: each rank is a data-parallel replica in vLLM's world;
+            # with the default of 1, rank 1 fails to join it ("rank < size" in gloo).
+            kw.setdefault("data_parallel_size", int(os.environ.get("WORLD_SIZE", "1")))
         args = dict(model=str(model_path), enable_lora=True, max_lora_rank=max_lora_rank,
                     logprobs_mode="processed_logprobs", **kw)
         if kv_cache_gib is not None:

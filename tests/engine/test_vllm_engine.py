@@ -466,3 +466,26 @@ def test_real_model_in_vllm_equals_rl2f(tmp_path):
     assert ids(got[:2]) == ids(want_lora) and ids(got[2:]) == ids(want_base)
     _assert_follows(got[:2], lora, tok, T=1.0, atol=1e-3)
     _assert_follows(got[2:], base, tok, T=1.0, atol=1e-3)
+
+
+def test_external_launcher_makes_each_rank_a_data_parallel_replica(fake_vllm, monkeypatch):
+    """Under torchrun (external launcher) each rank's engine is one of WORLD_SIZE replicas."""
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    VLLMEngine("/ckpt", distributed_executor_backend="external_launcher", self_check=False)
+    assert _FakeLLM.instances[-1].init_kwargs["data_parallel_size"] == 2
+
+
+def test_real_vllm_one_engine_per_torchrun_rank(real):
+    """Two torchrun ranks (gloo), one vLLM engine each with the external launcher: both start
+    (their self-checks pass) and answer greedy requests as rl2f's own model does."""
+    import subprocess
+
+    worker = os.path.join(os.path.dirname(__file__), "vllm_dist_worker.py")
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                           "--master_port", "29517", worker, str(real.path)],
+                          capture_output=True, text=True, timeout=600, env=env)
+    results = [json.loads(line.split(" ", 1)[1]) for line in done.stdout.splitlines() if line.startswith("RESULT ")]
+    assert done.returncode == 0, done.stderr[-2000:]
+    want = ids(_builtin_greedy(real.base, real.tok, [[5, 6, 7, 8]], 6))[0]
+    assert sorted(r["rank"] for r in results) == [0, 1] and all(r["ids"] == want for r in results)
