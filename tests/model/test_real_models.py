@@ -149,3 +149,33 @@ def test_rl2f_adapter_loads_in_peft_with_equal_outputs(smollm2, tmp_path):
             plain = model(ids)
     assert (ours - plain).abs().max() > 1e-2  # the trained adapter changes the model
     assert torch.allclose(ours, theirs, atol=1e-4)
+
+
+def test_fetch_model_unknown_name_is_one_line_error():
+    """`rl2f fetch-model NAME` with a name it does not know: exit 2, one line naming the known ones."""
+    from click.testing import CliRunner
+
+    from rl2f.cli.main import cli
+
+    result = CliRunner().invoke(cli, ["fetch-model", "gemma3-270m"])
+    assert result.exit_code == 2
+    assert result.output.strip().splitlines() == ["error: unknown model 'gemma3-270m' (known: smollm2)"]
+
+
+def test_unsupported_gguf_architecture_is_refused(tmp_path):
+    """A GGUF of another architecture is refused by name, nothing half-written."""
+    gguf = pytest.importorskip("gguf")
+    from rl2f.errors import UserError
+    from rl2f.model.gguf import convert_gguf
+
+    path = tmp_path / "other.gguf"
+    w = gguf.GGUFWriter(str(path), "mamba")
+    w.add_block_count(1)
+    w.add_tensor("token_embd.weight", __import__("numpy").zeros((4, 8), dtype="float32"))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    with pytest.raises(UserError, match="architecture 'mamba' is not supported"):
+        convert_gguf(path, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
