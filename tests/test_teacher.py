@@ -146,9 +146,9 @@ def real_model_dir(name: str = "smollm2"):
     it is fetched, a failure where RL2F_REQUIRE_REAL_MODELS=1 (CI)."""
     import os
 
-    from rl2f.train.common import cache_dir
+    from rl2f.model.gguf import model_dir
 
-    path = cache_dir() / "models" / name
+    path = model_dir(name)
     if not (path / "config.json").is_file():
         if os.environ.get("RL2F_REQUIRE_REAL_MODELS") == "1":
             pytest.fail(f"{path} is missing: run `rl2f fetch-model {name}` before the tests")

@@ -51,11 +51,22 @@ _PRE_TOKENIZERS = ("smollm", "gpt2")  # GPT-2's split regex, which ByteLevel app
 _CONTROL = 3  # llama.cpp's token type of special (control) tokens
 
 
-def fetch_model(name: str, cache: str | Path) -> Path:
+def cache_root() -> Path:
+    """$RL2F_CACHE, else ~/.cache/rl2f: the cache the embedded tiny checkpoint is built in too."""
+    return Path(os.environ.get("RL2F_CACHE", Path.home() / ".cache" / "rl2f"))
+
+
+def model_dir(name: str, cache: str | Path | None = None) -> Path:
+    """Where `fetch_model(name)` puts (or put) the checkpoint."""
+    return Path(cache if cache is not None else cache_root()) / "models" / name
+
+
+def fetch_model(name: str, cache: str | Path | None = None) -> Path:
     """The checkpoint directory of model `name` under `cache`/models, converted once."""
     if name not in MODELS:
         raise UserError(f"unknown model {name!r} (known: {', '.join(sorted(MODELS))})")
-    out = Path(cache) / "models" / name
+    cache = Path(cache if cache is not None else cache_root())
+    out = model_dir(name, cache)
     if (out / "config.json").is_file():
         return out
     source = MODELS[name]

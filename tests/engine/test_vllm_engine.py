@@ -436,9 +436,9 @@ def test_real_model_in_vllm_equals_rl2f(tmp_path):
 
     from rl2f.lora import apply_lora, lora_parameters, save_adapter
     from rl2f.model import load_model, load_tokenizer
-    from rl2f.train.common import cache_dir
+    from rl2f.model.gguf import model_dir
 
-    path = cache_dir() / "models" / "smollm2"
+    path = model_dir("smollm2")
     if not (path / "config.json").is_file():
         if os.environ.get("RL2F_REQUIRE_REAL_MODELS") == "1":
             pytest.fail(f"{path} is missing: run `rl2f fetch-model smollm2` before the tests")

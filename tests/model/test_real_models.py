@@ -15,8 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from rl2f.model.gguf import MODELS
-from rl2f.train.common import cache_dir
+from rl2f.model.gguf import MODELS, cache_root, model_dir
 
 TEXTS = [
     "The capital of Germany is",
@@ -28,7 +27,7 @@ TEXTS = [
 
 def real_model_dir(name: str = "smollm2") -> Path:
     """The converted checkpoint in the cache (see the module docstring)."""
-    path = cache_dir() / "models" / name
+    path = model_dir(name)
     if not (path / "config.json").is_file():
         if os.environ.get("RL2F_REQUIRE_REAL_MODELS") == "1":
             pytest.fail(f"{path} is missing: run `rl2f fetch-model {name}` before the tests")
@@ -47,7 +46,7 @@ def reference(smollm2):
     transformers = pytest.importorskip("transformers")
     pytest.importorskip("gguf")
     source = MODELS["smollm2"]
-    wheels = sorted((cache_dir() / "wheels").glob(source.package.replace("-", "_") + "-*.whl"))
+    wheels = sorted((cache_root() / "wheels").glob(source.package.replace("-", "_") + "-*.whl"))
     if not wheels:
         pytest.fail("the SmolLM2 wheel is not in the cache: run `rl2f fetch-model smollm2` again")
     with tempfile.TemporaryDirectory() as tmp:
