@@ -150,7 +150,8 @@ class VLLMEngine:
     """`generate(prompts, SamplingParams, use_adapter)` on a vLLM `LLM` with LoRA enabled.
 
     `kv_cache_gib`: KV-cache memory in GiB (None: see the module docstring). `self_check=False`
-    skips the start-up check of base requests; only for a stand-in `vllm` in tests."""
+    skips the start-up check of base requests: only for tests (a stand-in `vllm`, or a test
+    that must see vLLM's own behaviour)."""
 
     def __init__(
         self,
