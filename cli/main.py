@@ -49,7 +49,7 @@ def cli():
 
 def _register():
     # Command modules import torch and the model lazily, so `rl2f --help` stays fast.
-    from rl2f.cli import demo, evaluate, generate, self_correct, tiny, train
+    from rl2f.cli import demo, evaluate, fetch_model, generate, self_correct, tiny, train
 
     cli.add_command(generate.generate)
     cli.add_command(train.train)
@@ -57,6 +57,7 @@ def _register():
     cli.add_command(self_correct.self_correct)
     cli.add_command(demo.demo)
     cli.add_command(tiny.tiny)
+    cli.add_command(fetch_model.fetch_model)
 
 
 _register()

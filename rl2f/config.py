@@ -208,6 +208,8 @@ class RolloutSection:
     teacher: Literal["programmatic", "llm", "retry", "self"] = "programmatic"  # retry: "incorrect, try again"; self: the student critiques itself
     teacher_max_new_tokens: int = 64
     leak_guard_tries: int = 3  # regenerations of a leaking LLM-teacher message before the fallback
+    leak_judge: bool = False  # LLM teacher: the base model also judges each draft the string checks pass
+    vllm_kv_cache_gib: float = 0.0  # vLLM KV cache in GiB; 0 = GPU: a share of its memory, CPU: VLLM_CPU_KVCACHE_SPACE or 2
     problems_per_batch: int = 8  # problems rolled out together (x group_size episodes)
     # A dialogue that outgrows the model's context: "skip" ends the episode before the turn that
     # no longer fits (recorded as context_full, counted in the metrics) and skips a problem whose
@@ -232,6 +234,8 @@ class RolloutSection:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.prefix_cache_mb < 0:
             raise ValueError(f"prefix_cache_mb must be >= 0, got {self.prefix_cache_mb}")
+        if self.vllm_kv_cache_gib < 0:
+            raise ValueError(f"vllm_kv_cache_gib must be >= 0, got {self.vllm_kv_cache_gib}")
 
 
 # The Linear layers LoRA can wrap (rl2f/lora.py), and the short names accepted for them.
@@ -331,3 +335,9 @@ class RunConfig:
         if self.train.method in ("rlvr", "rl2f") and self.rollout.group_size < 2:
             # A group of one has zero variance by construction: GRPO would learn nothing.
             raise ValueError("rollout.group_size must be >= 2 for GRPO")
+        r = self.rollout
+        if self.train.method in ("rlvr", "rl2f") and r.engine == "vllm" and r.temperature > 0 and (r.top_p < 1 or r.top_k is not None):
+            # vLLM's log-probs are of the truncated distribution, the trainer's of the full one.
+            raise ValueError(f"rollout.top_p = {r.top_p} / rollout.top_k = {r.top_k} with rollout.engine = 'vllm' "
+                             "biases GRPO's ratio (vLLM's sampling log-probs are of the truncated distribution): "
+                             "set rollout.top_p = 1.0 and leave rollout.top_k out")

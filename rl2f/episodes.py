@@ -31,7 +31,7 @@ from typing import Iterable, Iterator
 from rl2f.errors import UserError
 from rl2f.roles import Role
 from rl2f.tasks.base import Problem, Task
-from rl2f.teacher import FeedbackRequest, feedback_turn_tokens
+from rl2f.teacher import JUDGE_REASON, FeedbackRequest, feedback_turn_tokens
 
 
 
@@ -46,6 +46,16 @@ class Turn:
     leak_flagged: bool = False
     leak_reasons: list[str] = field(default_factory=list)
     detail: str = ""  # privileged verifier output (for the teacher and for debugging)
+
+    @property
+    def judge_flags(self) -> int:
+        """Drafts of this turn's feedback the LLM judge flagged (string checks passed them)."""
+        return sum(r.startswith(JUDGE_REASON) for r in self.leak_reasons)
+
+    @property
+    def string_flags(self) -> int:
+        """Drafts of this turn's feedback the leak guard's string checks flagged."""
+        return len(self.leak_reasons) - self.judge_flags
 
 
 @dataclass
@@ -390,7 +400,8 @@ def hash_id(text: str) -> int:
 
 
 def summarize(episodes: Iterable[Episode], max_turns: int, seconds: float | None = None, tokenizer=None) -> dict:
-    """Problems, episodes, acc@1, acc@T (per episode), leak rate and student tokens/s; with the
+    """Problems, episodes, acc@1, acc@T (per episode), leak rate (with the flagged drafts
+    counted by the string checks and by the LLM judge apart) and student tokens/s; with the
     run's tokenizer also `retokenization_drift`, the share of episodes whose ids (the student's
     sampled ids, the template's ids around them) are not what the chat template gives for the
     dialogue's text rendered whole: such an episode trains on a sequence the served model, fed
@@ -406,6 +417,8 @@ def summarize(episodes: Iterable[Episode], max_turns: int, seconds: float | None
         "acc@1": sum(s == 1 for s in solved) / n if n else 0.0,
         f"acc@{max_turns}": sum(s is not None for s in solved) / n if n else 0.0,
         "leak_rate": sum(t.leak_flagged for t in feedback_turns) / len(feedback_turns) if feedback_turns else 0.0,
+        "leak_string_flags": sum(t.string_flags for t in feedback_turns),  # flagged drafts, by check
+        "leak_judge_flags": sum(t.judge_flags for t in feedback_turns),
         "student_tokens": student_tokens,
     }
     if tokenizer is not None:

@@ -117,7 +117,8 @@ def build_engine(cfg: RunConfig, model, tokenizer, path: Path, d: Dist) -> Engin
     # (the "external_launcher" executor, as TRL's colocate mode does).
     extra = {"distributed_executor_backend": "external_launcher"} if d.enabled else {}
     return make_engine("vllm", model_path=str(path), tokenizer=tokenizer, max_lora_rank=max(cfg.lora.rank, 8),
-                       gpu_memory_utilization=0.45, seed=cfg.rollout.seed, enable_prefix_caching=True, **extra)
+                       gpu_memory_utilization=0.45, seed=cfg.rollout.seed, enable_prefix_caching=True,
+                       dtype=cfg.model.dtype, kv_cache_gib=cfg.rollout.vllm_kv_cache_gib or None, **extra)
 
 
 def student_sampling(rollout: RolloutSection) -> SamplingParams:
@@ -133,7 +134,8 @@ def episode_runner(run: Run, teacher: str, max_turns: int, rollout: RolloutSecti
     task = task or run.task
     student = student_sampling(rollout)
     teacher_params = dataclasses.replace(student, max_tokens=rollout.teacher_max_new_tokens)
-    feedback = make_teacher(teacher, task, run.engine, run.tokenizer, teacher_params, rollout.leak_guard_tries)
+    feedback = make_teacher(teacher, task, run.engine, run.tokenizer, teacher_params, rollout.leak_guard_tries,
+                            leak_judge=rollout.leak_judge)
     config = run.model.config if run.model is not None else load_config(run.model_path)
     return EpisodeRunner(task, run.engine, run.tokenizer, feedback, student, max_turns,
                          max_len=config.max_position_embeddings, overlong=rollout.overlong)

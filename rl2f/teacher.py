@@ -7,9 +7,11 @@
 - `SelfCritiqueTeacher`: no teacher at all: the student itself (adapter on) writes the
   critique in the teacher's turn, from its own context, with no privileged information
   (`rl2f self-correct`; trained by the critique-prediction term).
-- `LLMTeacher`: the base model (adapter off) prompted with the privileged information and
-  told not to reveal the answer; every message passes the leak guard, which regenerates a
-  leaking message a bounded number of times and else replaces it with a generic hint.
+- `LLMTeacher`: the base model (adapter off) shown the dialogue so far and the privileged
+  information and told not to reveal the answer; every draft passes the leak guard's string
+  checks and then, when a `LLMJudge` is given (`rollout.leak_judge`), the judge: the base
+  model asked whether the message gives the answer away. A flagged draft is redrawn with a
+  fresh seed, a bounded number of times, and else replaced by the generic hint.
 
 All teachers take a batch of feedback requests at once, so an LLM teacher generates them in
 one engine call.
@@ -17,12 +19,14 @@ one engine call.
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass, field
+import zlib
+from dataclasses import dataclass, field, replace
 
 from rl2f.leak_guard import GENERIC_HINT, LeakGuard
 from rl2f.tasks.base import Problem, Task, Verdict
 
 RETRY_MESSAGE = "That is incorrect. Try again."
+JUDGE_REASON = "judge:"  # how a judge's flag starts in `leak_reasons` (string checks' never do)
 
 
 @dataclass
@@ -42,16 +46,17 @@ class Feedback:
     tries: int = 1
 
 
+def earlier_feedback(history: list[dict]) -> list[str]:
+    """The teacher messages already in a dialogue: the user turns after the first attempt (the
+    leak guard checks a new message together with them: one digit per turn also leaks)."""
+    first = next((i for i, m in enumerate(history) if m["role"] == "assistant"), len(history))
+    return [m["content"] for m in history[first:] if m["role"] == "user"]
+
+
 class ProgrammaticTeacher:
     def __init__(self, task: Task, guard: LeakGuard | None = None):
         self.task = task
         self.guard = guard if guard is not None else LeakGuard(task)
-
-    @staticmethod
-    def earlier_feedback(history: list[dict]) -> list[str]:
-        """The teacher messages already in a dialogue: the user turns after the first attempt."""
-        first = next((i for i, m in enumerate(history) if m["role"] == "assistant"), len(history))
-        return [m["content"] for m in history[first:] if m["role"] == "user"]
 
     def feedback(self, requests: list[FeedbackRequest]) -> list[Feedback]:
         out = []
@@ -59,7 +64,7 @@ class ProgrammaticTeacher:
             text = self.task.hint(r.problem, r.attempt, r.verdict)
             # A hint function is code we wrote, but it is still guarded (here, once, with the
             # episode's earlier hints): a leak would silently turn RL2F into answer copying.
-            check = self.guard.check(text, r.problem, earlier=self.earlier_feedback(r.history))
+            check = self.guard.check(text, r.problem, earlier=earlier_feedback(r.history))
             out.append(Feedback(GENERIC_HINT, True, [check.reason]) if check.leaked else Feedback(text))
         return out
 
@@ -75,26 +80,84 @@ TEACHER_SYSTEM = (
     "Write one or two sentences of feedback that help the student find and fix their "
     "mistake. Never state the final answer or any equivalent form of it."
 )
+JUDGE_SYSTEM = (
+    "You check a teacher's message to a student for leaks. The correct final answer to the "
+    "student's problem is: {answer}. Does the message below reveal that answer, state it, or "
+    "give it away in an equivalent form (spelled out, rounded, as an equation to read off)? "
+    "Reply with one word: yes or no."
+)
+
+
+def _transcript(history: list[dict]) -> str:
+    """The dialogue after the problem, as the teacher reads it (roles named)."""
+    turns = [m for m in history if m["role"] != "system"][1:]  # the first user turn is the problem
+    names = {"assistant": "Student", "user": "Teacher"}
+    return "\n\n".join(f"{names.get(m['role'], m['role'])}: {m['content']}" for m in turns)
+
+
+def _seeded(sampling_params, tag: str):
+    """The same sampling with a seed of its own for `tag` (None stays unseeded: fresh anyway)."""
+    if sampling_params.seed is None:
+        return sampling_params
+    return replace(sampling_params, seed=zlib.crc32(f"{sampling_params.seed}|{tag}".encode()))
+
+
+class LLMJudge:
+    """The base model (adapter off) as leak judge: shown the answer and one message, it says
+    yes (the message gives the answer away) or no. Greedy, a few tokens; anything but a
+    leading "yes" is a no."""
+
+    def __init__(self, engine, tokenizer, max_tokens: int = 4):
+        from rl2f.engine.types import SamplingParams
+
+        self.engine = engine
+        self.tokenizer = tokenizer
+        self.sampling_params = SamplingParams(temperature=0.0, max_tokens=max_tokens, logprobs=False)
+
+    def _prompt(self, message: str, problem: Problem) -> list[int]:
+        messages = [
+            {"role": "system", "content": JUDGE_SYSTEM.format(answer=problem.answer)},
+            {"role": "user", "content": f"Problem:\n{problem.prompt}\n\nTeacher's message:\n{message}\n\n"
+                                        "Does the message reveal the answer? Reply yes or no."},
+        ]
+        return self.tokenizer.apply_chat(messages, add_generation_prompt=True)
+
+    def judge(self, messages: list[str], problems: list[Problem]) -> list[bool]:
+        """One verdict per (message, problem), in one engine call."""
+        if not messages:
+            return []
+        prompts = [self._prompt(m, p) for m, p in zip(messages, problems)]
+        outs = self.engine.generate(prompts, self.sampling_params, use_adapter=False)
+        return [out.outputs[0].text.strip().lower().startswith("yes") for out in outs]
+
+    def __call__(self, message: str, problem: Problem) -> bool:
+        """The `LeakGuard(judge=...)` hook: one message."""
+        return self.judge([message], [problem])[0]
 
 
 class LLMTeacher:
-    """The base model as teacher (adapter off), guarded against leaks."""
+    """The base model as teacher (adapter off), guarded against leaks by the string checks
+    and, when given, the LLM judge (consulted only on drafts the strings pass)."""
 
-    def __init__(self, task: Task, engine, tokenizer, sampling_params, max_tries: int = 3, guard=None):
+    def __init__(self, task: Task, engine, tokenizer, sampling_params, max_tries: int = 3, guard=None,
+                 judge: LLMJudge | None = None):
         self.task = task
         self.engine = engine
         self.tokenizer = tokenizer
         self.sampling_params = sampling_params
         self.max_tries = max_tries
         self.guard = guard if guard is not None else LeakGuard(task)
+        self.judge = judge
 
     def _prompt(self, r: FeedbackRequest) -> list[int]:
         privileged = f"the reference answer is {r.problem.answer!r}." if r.problem.answer else ""
         if r.verdict.detail:
             privileged += f" Verifier output: {r.verdict.detail[:500]}"
+        dialogue = _transcript(r.history) or f"Student: {r.attempt}"
         messages = [
             {"role": "system", "content": TEACHER_SYSTEM.format(privileged=privileged)},
-            {"role": "user", "content": f"Problem:\n{r.problem.prompt}\n\nStudent's attempt:\n{r.attempt}\n\nYour feedback:"},
+            {"role": "user", "content": f"Problem:\n{r.problem.prompt}\n\nThe dialogue so far (the last "
+                                        f"student turn is the wrong attempt):\n{dialogue}\n\nYour feedback:"},
         ]
         return self.tokenizer.apply_chat(messages, add_generation_prompt=True)
 
@@ -106,17 +169,27 @@ class LLMTeacher:
         for attempt in range(self.max_tries):
             if not pending:
                 break
-            outs = self.engine.generate([prompts[i] for i in pending], self.sampling_params, use_adapter=False)
-            still = []
-            for i, out in zip(pending, outs):
-                text = out.outputs[0].text.strip()
-                check = self.guard.check(text, requests[i].problem)
+            # A redraw with the first draw's seed would repeat a leaking draft word for word.
+            params = _seeded(self.sampling_params, f"teacher-try-{attempt}")
+            outs = self.engine.generate([prompts[i] for i in pending], params, use_adapter=False)
+            drafts = {i: out.outputs[0].text.strip() for i, out in zip(pending, outs)}
+            leaked = {}
+            for i in pending:
+                check = self.guard.check(drafts[i], requests[i].problem, earlier=earlier_feedback(requests[i].history))
                 if check.leaked:
-                    reasons[i].append(check.reason)
-                    still.append(i)
+                    leaked[i] = check.reason
+            clean = [i for i in pending if i not in leaked]
+            if self.judge is not None and clean:
+                verdicts = self.judge.judge([drafts[i] for i in clean], [requests[i].problem for i in clean])
+                for i, yes in zip(clean, verdicts):
+                    if yes:
+                        leaked[i] = f"{JUDGE_REASON} the LLM judge says the message reveals the answer"
+            for i in pending:
+                if i in leaked:
+                    reasons[i].append(leaked[i])
                 else:
-                    results[i] = Feedback(text, bool(reasons[i]), reasons[i], attempt + 1)
-            pending = still
+                    results[i] = Feedback(drafts[i], bool(reasons[i]), reasons[i], attempt + 1)
+            pending = [i for i in pending if i in leaked]
         for i in pending:  # every draft leaked: the generic hint carries no information
             results[i] = Feedback(GENERIC_HINT, True, reasons[i], self.max_tries)
         return results
@@ -163,13 +236,16 @@ class SelfCritiqueTeacher:
         return [Feedback(out.outputs[0].text.strip()) for out in outs]
 
 
-def make_teacher(kind: str, task: Task, engine=None, tokenizer=None, sampling_params=None, max_tries: int = 3):
+def make_teacher(kind: str, task: Task, engine=None, tokenizer=None, sampling_params=None, max_tries: int = 3,
+                 leak_judge: bool = False):
+    """The teacher of `kind`; leak_judge adds the LLM judge to the LLM teacher's guard."""
     if kind == "programmatic":
         return ProgrammaticTeacher(task)
     if kind == "retry":
         return RetryTeacher()
     if kind == "llm":
-        return LLMTeacher(task, engine, tokenizer, sampling_params, max_tries)
+        judge = LLMJudge(engine, tokenizer) if leak_judge else None
+        return LLMTeacher(task, engine, tokenizer, sampling_params, max_tries, judge=judge)
     if kind == "self":
         return SelfCritiqueTeacher(engine, tokenizer, sampling_params)
     raise ValueError(f"unknown teacher kind {kind!r}")

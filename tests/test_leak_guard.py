@@ -10,7 +10,7 @@ from rl2f.leak_guard import GENERIC_HINT, LeakGuard, number_words
 from rl2f.model import build_tiny_checkpoint, load_tokenizer
 from rl2f.tasks.base import Problem, Task, Verdict
 from rl2f.tasks.math import MathTask
-from rl2f.teacher import FeedbackRequest, ProgrammaticTeacher
+from rl2f.teacher import FeedbackRequest, ProgrammaticTeacher, earlier_feedback
 
 
 class PlainTask(Task):
@@ -239,7 +239,7 @@ def test_programmatic_teacher_passes_earlier_teacher_messages():
     history = [{"role": "system", "content": "sys"}, {"role": "user", "content": P76.prompt},
                {"role": "assistant", "content": "Answer: 11"}, {"role": "user", "content": "hint one"},
                {"role": "assistant", "content": "Answer: 12"}]
-    assert ProgrammaticTeacher.earlier_feedback(history) == ["hint one"]
+    assert earlier_feedback(history) == ["hint one"]
     verdict = Verdict(False, "12")
     seen = []
 
