@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 from rl2f.errors import UserError
+from rl2f.jsonl import read_jsonl
 from rl2f.roles import Role
 from rl2f.tasks.base import Problem, Task
 from rl2f.teacher import JUDGE_REASON, FeedbackRequest, feedback_turn_tokens
@@ -104,20 +105,7 @@ class Episode:
 
 def read_episodes(path: str | Path, skip_bad: bool = False) -> list[Episode]:
     """Read an episode JSONL file; a bad line is a UserError naming file and line."""
-    episodes = []
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{path}: episode file not found")
-    with path.open("rb") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                episodes.append(Episode.from_dict(json.loads(line)))
-            except (ValueError, TypeError, KeyError, AttributeError) as e:  # ValueError: JSON, UTF-8
-                if skip_bad:
-                    continue
-                raise UserError(f"{path}:{lineno}: not an episode record ({type(e).__name__}: {e})") from None
+    episodes, _ = read_jsonl(path, "an episode record", lambda rec, lineno: Episode.from_dict(rec), skip_bad)
     return episodes
 
 

@@ -1,5 +1,6 @@
-"""Reading JSONL files of records (episodes, SFT dialogues, task problems) the one way: every
-non-blank line a JSON object, a bad line one `UserError` naming the file and the line."""
+"""Reading JSONL files of records (episode files, SFT dialogues) the one way: every non-blank
+line a JSON object, a bad line one `UserError` naming the file and the line (or skipped and
+counted)."""
 from __future__ import annotations
 
 import json
@@ -20,18 +21,15 @@ def read_jsonl(path: str | Path, what: str, parse: Callable[[dict, int], T], ski
     with `skip_bad` is skipped and counted. `parse` may return None to drop a good record."""
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"{path}: {what} file not found")
+        raise UserError(f"{path}: file not found")
     out, skipped = [], 0
-    with path.open(encoding="utf-8", errors="strict") as f:
-        try:
-            lines = list(f)
-        except UnicodeDecodeError as e:
-            raise UserError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    with path.open("rb") as f:  # bytes: a line that is not UTF-8 is a bad line like any other
+        lines = list(f)
     for lineno, line in enumerate(lines, 1):
         if not line.strip():
             continue
         try:
-            rec = json.loads(line)
+            rec = json.loads(line)  # UnicodeDecodeError is a ValueError
             if not isinstance(rec, dict):
                 raise ValueError("expected a JSON object")
             item = parse(rec, lineno)
