@@ -4,9 +4,9 @@ built-in engine and cached attention of a base commit (main) vs this worktree's,
 over rounds (same model object, same problems per round); plus
 the prompt tokens each turn prefills, and optionally a cProfile of a few whole GRPO steps.
 
-    python NOTES-engine/rollout_bench.py --rounds 7                 # timing + prefill table
-    python NOTES-engine/rollout_bench.py --profile-steps 4          # cProfile of train steps
-    python NOTES-engine/rollout_bench.py --base-commit f31dda0      # which main to compare with
+    python benchmarks/bench_rollout.py --rounds 7                 # timing + prefill table
+    python benchmarks/bench_rollout.py --profile-steps 4          # cProfile of train steps
+    python benchmarks/bench_rollout.py --base-commit f31dda0      # which main to compare with
 """
 from __future__ import annotations
 
