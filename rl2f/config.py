@@ -170,7 +170,7 @@ class RolloutSection:
     top_p: float = 1.0
     top_k: int = 0  # 0 = off
     max_new_tokens: int = 64  # per student attempt
-    teacher: Literal["programmatic", "llm", "retry", "self"] = "programmatic"  # retry: "incorrect, try again"; self: the student critiques itself
+    teacher: Literal["programmatic", "llm", "retry", "placebo", "self"] = "programmatic"  # retry: "incorrect, try again"; placebo: the hint format, no content; self: the student critiques itself
     teacher_max_new_tokens: int = 64
     leak_guard_tries: int = 3  # regenerations of a leaking LLM-teacher message before the fallback
     problems_per_batch: int = 8  # problems rolled out together (x group_size episodes)
