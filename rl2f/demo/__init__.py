@@ -27,7 +27,8 @@ plus:
     base_pretrain_loss  the base's final training loss (an underfit base drags every arm)
     base_seconds        wall time of building the base
     runs                per seed: steps, RLVR's group size, student tokens of RL2F and RLVR,
-                        SFT's final loss, stage_seconds per stage, seconds
+                        SFT's final loss, stage_seconds and stage_cpu_seconds (CPU time of
+                        the worker's one thread) per stage, seconds
     config              {toml, budgets, quick, run: the in-distribution run config}
     wall_seconds        wall time of the whole demo
 

@@ -141,12 +141,18 @@ def run_seed(seed: int, out_dir: str, base_path: str, quick: bool) -> dict:
     cfg = demo_config(seed, quick, base_path)
     b = BUDGETS[quick]
     seconds: dict[str, float] = {}
+    cpu: dict[str, float] = {}  # CPU seconds (one thread): on a shared machine, what the stage costs
     t0 = time.perf_counter()
 
     def stage(name: str, text: str):
         _log(who, f"{name}: {text}")
-        start = time.perf_counter()
-        return lambda: seconds.__setitem__(name, time.perf_counter() - start)
+        start, start_cpu = time.perf_counter(), time.process_time()
+
+        def done():
+            seconds[name], cpu[name] = time.perf_counter() - start, time.process_time() - start_cpu
+            _log(who, f"{name}: done in {seconds[name]:.0f}s ({cpu[name]:.0f} CPU s)")
+
+        return done
 
     # --- SFT: the base's own solved dialogues with the teacher (the paper's SFT baseline)
     done = stage("sft", f"{b['sft_steps']} LoRA steps on the base's solved dialogues of {b['sft_problems']} problems")
@@ -194,7 +200,7 @@ def run_seed(seed: int, out_dir: str, base_path: str, quick: bool) -> dict:
         "sft_steps": sft_metrics.get("step"), "sft_final_loss": sft_metrics.get("loss"),
         "rl2f_steps": rl2f_metrics.get("step"), "rlvr_steps": rlvr_metrics.get("step"), "rlvr_group_size": group,
         "rl2f_student_tokens": budget, "rlvr_student_tokens": int(rlvr_metrics["student_tokens_total"]),
-        "stage_seconds": seconds, "seconds": time.perf_counter() - t0,
+        "stage_seconds": seconds, "stage_cpu_seconds": cpu, "seconds": time.perf_counter() - t0,
     }
 
 
@@ -217,7 +223,7 @@ def run_demo(out_dir: str | Path, seeds: list[int] = (0, 1, 2), quick: bool = Fa
     _log("base", "stage 1/3: the base model")
     base_path, base_loss = pretrain_base(out, demo_task(), b, log=lambda text: _log("base", text))
     base_seconds = time.perf_counter() - t0
-    _log("base", f"done in {base_seconds:.0f}s (loss {base_loss:.3f})")
+    _log("base", f"done in {base_seconds:.0f}s, {time.process_time():.0f} CPU s (loss {base_loss:.3f})")
 
     # One worker per seed: with 3 seeds on 2 cores, 2 workers would leave the last seed alone
     # on one core; 3 share both cores to the end (same CPU work, shorter wall time).
