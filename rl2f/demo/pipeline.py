@@ -42,6 +42,7 @@ group_size = 8
 max_turns = 5
 temperature = 1.0
 max_new_tokens = 8
+teacher_max_new_tokens = 12  # a self-critique as long as a hint (10 tokens) and its end-of-turn
 teacher = "programmatic"
 problems_per_batch = 8
 
