@@ -27,7 +27,8 @@ def test_demo_quick_writes_the_full_report(tmp_path, monkeypatch):
     T = report["max_turns"]
     assert report["schema"] == "rl2f.demo.report/1"
     assert report["seeds"] == [0, 1] and report["wall_seconds"] > 0 and "toml" in report["config"]
-    for section in (report, report["transfer"]):
+    assert set(report["transfer"]) == {"secret_unseen_sums", "secret_reversed_prior"}
+    for section in (report, *report["transfer"].values()):
         assert set(section["models"]) >= set(ARMS)
         for name in ARMS:
             m = section["models"][name]
@@ -39,7 +40,8 @@ def test_demo_quick_writes_the_full_report(tmp_path, monkeypatch):
             assert abs(m["pass_at_k"] - sum(m["pass_at_k_per_seed"]) / 2) < 1e-9  # per adapter, then the mean
             assert (m["adapter"] is None) == (name == "base") and (name == "base" or len(m["adapter"]) == 2)
         assert set(section["contrasts"]) == {"rl2f - base", "rl2f - sft", "rl2f - rlvr"}
-    assert set(report["transfer"]["tasks"]) == {"secret_unseen_sums"} and set(report["tasks"]) == {"secret"}
+    assert set(report["tasks"]) == {"secret"}
+    assert all(set(r["tasks"]) == {name} for name, r in report["transfer"].items())
     for name in ("base_self_correct", "rl2f_self_correct"):
         m = report["models"][name]
         assert m["leak_rate"] is None and m["verifier_gated"] is True and len(m["oracle_free_acc"]) == T

@@ -12,8 +12,9 @@
 3. Evaluation of base, SFT, RLVR and RL2F per seed (`rl2f.eval.play_models`): T turns of
    sampling at temperature 1 with the teacher, with the placebo teacher, with retry, pass@K,
    and for base and RL2F self-correction (verifier-gated and oracle-free), on fresh draws
-   from the training distribution; then with the teacher, placebo, retry and pass@K on the
-   transfer task (digit sums no arm trained on).
+   from the training distribution; then with the teacher, placebo, retry and pass@K on two
+   transfer variants no arm trained on: digit sums never seen, and the prior over secrets
+   reversed (a learned turn-1 prior is wrong there, the hints still work).
 4. The report (`rl2f.eval.build_report`): intervals from a hierarchical bootstrap (training
    seeds, then problems), paired across arms; `claim` (rl2f/demo/claim.py).
 
@@ -23,7 +24,8 @@ report.json (`schema` = "rl2f.demo.report/1") holds every field of an evaluation
 plus:
     claim               rl2f/demo/claim.py: per check {delta, ci, holds}, `holds`, and
                         `context` (RLVR's turn-1 gain, RL2F's multi-turn gain)
-    transfer            the evaluation report of the transfer task (same fields)
+    transfer            {task: the evaluation report of that transfer variant (same fields)}:
+                        "secret_unseen_sums", "secret_reversed_prior"
     base_pretrain_loss  the base's final training loss (an underfit base drags every arm)
     base_seconds        wall time of building the base
     runs                per seed: steps, RLVR's group size, student tokens of RL2F and RLVR,

@@ -83,8 +83,9 @@ def evidence_markdown(report: dict) -> str:
         f"with as many optimiser steps and a larger group ({', '.join(map(str, groups))} against "
         f"{report['config']['run']['rollout']['group_size']}) so that it generates as many student tokens as RL2F.",
         f"- The in-distribution problems are fresh draws from the training distribution (the same digit sums and "
-        "prior over secrets; no problem instance was trained on). The transfer rows use digit sums that no arm "
-        "(nor the base) ever saw.",
+        "prior over secrets; no problem instance was trained on). Transfer: digit sums that no arm (nor the "
+        "base) ever saw, and the training sums with the prior over secrets reversed (a turn-1 prior learned in "
+        "training is wrong there; the hints still work).",
         "- Placebo: the hint's format with a random digit and direction, no information about the answer; "
         "content effect = feedback - placebo. Retry: \"That is incorrect. Try again.\", which the warm start has "
         "seen. pass@K: per adapter, averaged over seeds (never pooled).",

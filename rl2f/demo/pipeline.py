@@ -24,6 +24,8 @@ SELF_CORRECT = ("base", "rl2f")
 PRIOR = 0.3  # secrets weighted exp(-0.3 x first digit): single-turn RL can lift turn 1 from ~0.21 to 0.35
 TRANSFER_SUMS = (6, 13)  # digit sums no arm trains on: their numbers never appear in any training dialogue
 TRAIN_SUMS = tuple(s for s in range(1, 19) if s not in TRANSFER_SUMS)
+TRANSFER_TITLES = {"secret_unseen_sums": f"digit sums {', '.join(map(str, TRANSFER_SUMS))}, never seen",
+                   "secret_reversed_prior": "the prior over secrets reversed"}
 
 # The demo's run config; `quick` shrinks the budgets below.
 DEMO_TOML = f"""
@@ -67,7 +69,7 @@ bootstrap = 1000
 
 BUDGETS = {
     False: dict(sft_dialogues=2000, pretrain_steps=300, pretrain_batch=32, pretrain_lr=5e-3, rl2f_steps=220,
-                sft_problems=384, sft_steps=40, n_eval=192, n_transfer=96),
+                sft_problems=384, sft_steps=40, n_eval=192, n_transfer=64),
     True: dict(sft_dialogues=64, pretrain_steps=30, pretrain_batch=8, pretrain_lr=3e-3, rl2f_steps=2,
                sft_problems=32, sft_steps=2, n_eval=8, n_transfer=4),
 }
@@ -92,8 +94,17 @@ def demo_task() -> SecretNumberTask:
     return SecretNumberTask(prior=PRIOR, sums=list(TRAIN_SUMS))
 
 
-def transfer_task() -> SecretNumberTask:
-    return SecretNumberTask(prior=PRIOR, sums=list(TRANSFER_SUMS), name="secret_unseen_sums")
+def transfer_tasks() -> list[SecretNumberTask]:
+    """Variants no arm trained on: digit sums never seen (their numbers appear in no training
+    dialogue), and the training sums with the prior reversed (a learned turn-1 prior is wrong
+    there; the hints still work)."""
+    return [SecretNumberTask(prior=PRIOR, sums=list(TRANSFER_SUMS), name="secret_unseen_sums"),
+            SecretNumberTask(prior=-PRIOR, sums=list(TRAIN_SUMS), name="secret_reversed_prior")]
+
+
+def problem_sets(tasks, n: int, seed: int) -> list:
+    """(task, its `n` test-split problems) for each task: the evaluation's problem sets."""
+    return [(task, task.problems(n, seed=seed, split="test")) for task in tasks]
 
 
 def _with(cfg: RunConfig, **sections) -> RunConfig:
@@ -187,11 +198,11 @@ def run_seed(seed: int, out_dir: str, base_path: str, quick: bool) -> dict:
     # --- evaluation on fresh draws from the training distribution, then on the transfer sums
     models = {"base": None, "sft": str(sft), "rlvr": str(rlvr), "rl2f": str(rl2f)}
     eval_cfg = _with(cfg, rollout={"problems_per_batch": 32})
-    for name, task, n, controls in (("eval", demo_task(), b["n_eval"], True),
-                                    ("transfer", transfer_task(), b["n_transfer"], False)):
-        done = stage(name, f"{', '.join(models)} on {n} problems of '{task.name}'"
+    for name, tasks, n, controls in (("eval", [demo_task()], b["n_eval"], True),
+                                     ("transfer", transfer_tasks(), b["n_transfer"], False)):
+        done = stage(name, f"{', '.join(models)} on {n} problems of {', '.join(t.name for t in tasks)}"
                      + (" (+ placebo, retry, pass@K, self-correction)" if controls else " (+ placebo, retry, pass@K)"))
-        play_models(eval_cfg, models, [(task, task.problems(n, seed=cfg.task.seed, split="test"))], [seed],
+        play_models(eval_cfg, models, problem_sets(tasks, n, cfg.task.seed), [seed],
                     list(SELF_CORRECT) if controls else [], placebo=True, oracle_free=controls,
                     turns=cfg.eval.max_turns, progress=_quarters(who, name), episodes_dir=out / name)
         done()
@@ -243,22 +254,26 @@ def run_demo(out_dir: str | Path, seeds: list[int] = (0, 1, 2), quick: bool = Fa
     adapters = {name: None if name == "base" else [str(out / f"seed{s}" / name) for s in seeds] for name in ARMS}
     contrasts = [("rl2f", other) for other in ARMS if other != "rl2f"]
     reports = {}
-    for name, task, n in (("eval", demo_task(), b["n_eval"]), ("transfer", transfer_task(), b["n_transfer"])):
-        sets = [(task, task.problems(n, seed=cfg.task.seed, split="test"))]
+    for name, tasks, n in (("eval", [demo_task()], b["n_eval"]), ("transfer", transfer_tasks(), b["n_transfer"])):
         episodes = read_episode_dirs({s: out / f"seed{s}" / name for s in seeds}, list(ARMS))
-        reports[name] = build_report(cfg, episodes, adapters, sets, T, contrasts=contrasts)
+        for task, problems in problem_sets(tasks, n, cfg.task.seed):
+            mine = {arm: {kind: {s: [e for e in eps if e.task == task.name] for s, eps in by_seed.items()}
+                          for kind, by_seed in by_kind.items()} for arm, by_kind in episodes.items()}
+            reports[task.name] = build_report(cfg, mine, adapters, [(task, problems)], T, contrasts=contrasts)
+    main = reports.pop(demo_task().name)
     report = {
-        **reports["eval"],
+        **main,
         "schema": "rl2f.demo.report/1",
-        "claim": claim(reports["eval"]),
-        "transfer": reports["transfer"],
+        "claim": claim(main),
+        "transfer": reports,
         "base_pretrain_loss": base_loss,
         "runs": runs,
-        "config": {"toml": DEMO_TOML, "budgets": b, "quick": quick, "run": reports["eval"]["config"]},
+        "config": {"toml": DEMO_TOML, "budgets": b, "quick": quick, "run": main["config"]},
         "wall_seconds": time.perf_counter() - t0,
         "base_seconds": base_seconds,
     }
-    extra = "\n".join([evidence_markdown(report), claim_markdown(report),
-                       "## Transfer: digit sums no arm was trained on", "", markdown_table(report["transfer"])])
+    extra = "\n".join([evidence_markdown(report), claim_markdown(report)]
+                      + [f"## Transfer: {TRANSFER_TITLES[name]} (no arm was trained on it)\n\n{markdown_table(r)}"
+                         for name, r in report["transfer"].items()])
     write_report(report, out, extra_markdown=extra)
     return report

@@ -36,8 +36,6 @@ class SecretNumberTask(Task):
     def __init__(self, digits: int = 2, prior: float = 0.0, sums: list[int] | None = None, name: str | None = None):
         if digits < 1:
             raise ValueError("digits must be >= 1")
-        if prior < 0:
-            raise ValueError(f"prior must be >= 0, got {prior}")
         self.digits = digits
         self.prior = float(prior)
         self.pool = list(range(10 ** (digits - 1), 10**digits))
