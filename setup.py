@@ -14,6 +14,7 @@ setup(
         "rl2f.tasks",
         "rl2f.train",
         "rl2f.eval",
+        "rl2f.demo",
         "rl2f.kernels",
         "rl2f.cli",
     ],

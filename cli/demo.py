@@ -1,4 +1,4 @@
-"""`rl2f demo`: warm start, RLVR and RL2F from the same start, evaluation, report (rl2f/demo.py)."""
+"""`rl2f demo`: base, SFT, RLVR and RL2F from the same base, evaluation, report (rl2f/demo/)."""
 from __future__ import annotations
 
 import click

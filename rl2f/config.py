@@ -205,7 +205,7 @@ class RolloutSection:
     top_p: float = 1.0
     top_k: int | None = None  # tokens kept; None (the key left out) = off
     max_new_tokens: int = 64  # per student attempt
-    teacher: Literal["programmatic", "llm", "retry", "self"] = "programmatic"  # retry: "incorrect, try again"; self: the student critiques itself
+    teacher: Literal["programmatic", "llm", "retry", "placebo", "self"] = "programmatic"  # retry: "incorrect, try again"; placebo: the hint format, no content; self: the student critiques itself
     teacher_max_new_tokens: int = 64
     leak_guard_tries: int = 3  # regenerations of a leaking LLM-teacher message before the fallback
     leak_judge: bool = False  # LLM teacher: the base model also judges each draft the string checks pass

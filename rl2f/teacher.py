@@ -4,6 +4,9 @@
   informative, never the answer).
 - `RetryTeacher`: "incorrect, try again" with no content: the reference point that isolates
   the value of the feedback's content (RL2F.md, Metrics).
+- `PlaceboTeacher`: the task's hint format with no information about the answer (a random
+  digit and direction for the secret task): feedback minus placebo isolates the value of the
+  content, where retry also changes the format the model sees.
 - `SelfCritiqueTeacher`: no teacher at all: the student itself (adapter on) writes the
   critique in the teacher's turn, from its own context, with no privileged information
   (`rl2f self-correct`; trained by the critique-prediction term).
@@ -19,9 +22,11 @@ one engine call.
 from __future__ import annotations
 
 import functools
+import random
 import zlib
 from dataclasses import dataclass, field, replace
 
+from rl2f.errors import UserError
 from rl2f.leak_guard import GENERIC_HINT, LeakGuard
 from rl2f.tasks.base import Problem, Task, Verdict
 
@@ -72,6 +77,24 @@ class ProgrammaticTeacher:
 class RetryTeacher:
     def feedback(self, requests: list[FeedbackRequest]) -> list[Feedback]:
         return [Feedback(RETRY_MESSAGE) for _ in requests]
+
+
+class PlaceboTeacher:
+    """`task.placebo_hint`, drawn from a generator seeded by the problem id, the turn and the
+    attempt: reproducible, and blind to the answer (the hook never reads it)."""
+
+    def __init__(self, task: Task):
+        self.task = task
+
+    def feedback(self, requests: list[FeedbackRequest]) -> list[Feedback]:
+        out = []
+        for r in requests:
+            rng = random.Random(f"placebo|{r.problem.id}|{len(r.history)}|{r.attempt}")
+            try:
+                out.append(Feedback(self.task.placebo_hint(r.problem, r.attempt, r.verdict, rng)))
+            except NotImplementedError as e:
+                raise UserError(f"rollout.teacher = 'placebo': {e}") from None
+        return out
 
 
 TEACHER_SYSTEM = (
@@ -243,6 +266,8 @@ def make_teacher(kind: str, task: Task, engine=None, tokenizer=None, sampling_pa
         return ProgrammaticTeacher(task)
     if kind == "retry":
         return RetryTeacher()
+    if kind == "placebo":
+        return PlaceboTeacher(task)
     if kind == "llm":
         judge = LLMJudge(engine, tokenizer) if leak_judge else None
         return LLMTeacher(task, engine, tokenizer, sampling_params, max_tries, judge=judge)

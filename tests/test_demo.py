@@ -5,37 +5,109 @@ from click.testing import CliRunner
 
 from rl2f.cli.main import cli
 
-CONTRACT = ("acc_at", "acc_at_ci", "multi_turn_gain", "correction_rate", "plasticity", "leak_rate",
-            "retry_acc_at", "pass_at_k", "n_problems")
-MODELS = ("base", "rlvr", "rl2f", "rl2f_self_correct")
+CONTRACT = ("acc_at", "acc_at_ci", "acc_at_per_seed", "multi_turn_gain", "correction_rate", "plasticity",
+            "leak_rate", "retry_acc_at", "pass_at_k", "pass_at_k_per_seed", "n_problems")
+ARMS = ("base", "sft", "rlvr", "rl2f")
+MODELS = ARMS + ("base_self_correct", "rl2f_self_correct")
+CHECKS = {"acc_at_T_vs_base", "acc_at_T_vs_sft", "acc_at_T_vs_rlvr", "content_effect_vs_base"}
 
 
 def test_demo_quick_writes_the_full_report(tmp_path, monkeypatch):
-    """The quick demo builds and trains its base, trains RLVR and RL2F for two seeds, and
-    writes report.json with every contract field for every model, consistent with itself,
-    plus report.md and the plots; RLVR got RL2F's generation budget."""
+    """The quick demo builds and trains its base, trains SFT, RLVR and RL2F for two seeds, and
+    writes report.json with every contract field for every arm and control, consistent with
+    itself (pass@K per seed, averaged; the claim's checks read off the paired contrasts), the
+    transfer rows, report.md and the plots; RLVR got RL2F's generation budget."""
     monkeypatch.setenv("RL2F_CACHE", str(tmp_path / "cache"))
     out = tmp_path / "demo"
     result = CliRunner().invoke(cli, ["demo", "--quick", "--seeds", "0,1", "--jobs", "1", "--out", str(out)])
     assert result.exit_code == 0, result.output
+    for stage in ("stage 1/3", "stage 2/3", "stage 3/3", "[seed 0] sft:", "[seed 1] rlvr:", "[seed 1] transfer:"):
+        assert stage in result.output, stage  # progress per stage
     report = json.loads((out / "report.json").read_text())
     T = report["max_turns"]
+    assert report["schema"] == "rl2f.demo.report/1"
     assert report["seeds"] == [0, 1] and report["wall_seconds"] > 0 and "toml" in report["config"]
-    for name in MODELS:
+    assert set(report["transfer"]) == {"secret_unseen_sums", "secret_reversed_prior"}
+    for section in (report, *report["transfer"].values()):
+        assert set(section["models"]) >= set(ARMS)
+        for name in ARMS:
+            m = section["models"][name]
+            assert all(k in m for k in CONTRACT + ("placebo_acc_at", "content_effect")), name
+            assert len(m["acc_at"]) == len(m["acc_at_ci"]) == len(m["retry_acc_at"]) == len(m["placebo_acc_at"]) == T
+            assert all(a <= b for a, b in zip(m["acc_at"], m["acc_at"][1:]))  # cumulative
+            assert abs(m["multi_turn_gain"] - (m["acc_at"][-1] - m["acc_at"][0])) < 1e-9
+            assert m["n_problems"] == section["n_problems"] and len(m["acc_at_per_seed"]) == 2
+            assert abs(m["pass_at_k"] - sum(m["pass_at_k_per_seed"]) / 2) < 1e-9  # per adapter, then the mean
+            assert (m["adapter"] is None) == (name == "base") and (name == "base" or len(m["adapter"]) == 2)
+        assert set(section["contrasts"]) == {"rl2f - base", "rl2f - sft", "rl2f - rlvr"}
+    assert set(report["tasks"]) == {"secret"}
+    assert all(set(r["tasks"]) == {name} for name, r in report["transfer"].items())
+    for name in ("base_self_correct", "rl2f_self_correct"):
         m = report["models"][name]
-        assert all(k in m for k in CONTRACT), (name, [k for k in CONTRACT if k not in m])
-        assert len(m["acc_at"]) == len(m["acc_at_ci"]) == len(m["retry_acc_at"]) == T
-        assert all(a <= b for a, b in zip(m["acc_at"], m["acc_at"][1:]))  # cumulative
-        assert abs(m["multi_turn_gain"] - (m["acc_at"][-1] - m["acc_at"][0])) < 1e-9
-        assert m["n_problems"] == report["n_problems"] and len(m["acc_at_per_seed"]) == 2
-    assert report["models"]["rl2f_self_correct"]["leak_rate"] is None
+        assert m["leak_rate"] is None and m["verifier_gated"] is True and len(m["oracle_free_acc"]) == T
     for run in report["runs"]:
-        assert run["rlvr_student_tokens"] >= run["rl2f_student_tokens"]  # same budget, reached
-    assert set(report["claim"]) == {"acc_at_T_vs_rlvr", "acc_at_T_vs_base", "gain_vs_rlvr", "holds"}
-    assert (out / "report.md").read_text().count("|") > 20
+        assert run["rlvr_student_tokens"] >= 0.8 * run["rl2f_student_tokens"]  # token-matched by group size
+        assert run["rlvr_steps"] <= run["rl2f_steps"] and set(run["stage_seconds"]) == {"sft", "rl2f", "rlvr", "eval",
+                                                                                          "transfer"}
+    claim = report["claim"]
+    assert set(claim) == CHECKS | {"holds", "context"}
+    for other in ("base", "sft", "rlvr"):
+        c = report["contrasts"][f"rl2f - {other}"]
+        assert claim[f"acc_at_T_vs_{other}"]["ci"] == c["delta_acc_at_ci"][-1]
+    assert claim["holds"] == all(claim[k]["holds"] for k in CHECKS)
+    md = (out / "report.md").read_text()
+    for words in ("fresh draws from the training distribution", "verifier-gated", "Transfer", "Claim holds"):
+        assert words in md, words
     assert (out / "accuracy.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_demo_rejects_bad_seeds(tmp_path):
     result = CliRunner().invoke(cli, ["demo", "--quick", "--seeds", "0,x", "--out", str(tmp_path)])
     assert result.exit_code == 2 and "--seeds" in result.output
+
+
+# ----------------------------------------------------------------------------------------
+# claim(): hand-built reports
+
+
+def _report(deltas: dict, content: tuple[float, float, list | None]) -> dict:
+    """A minimal in-distribution report: `deltas` maps each baseline to the (delta, [lo, hi])
+    of RL2F minus it at acc@T; `content` is (RL2F's content effect, the base's, the interval of
+    their difference)."""
+    rl2f_ce, base_ce, ce_ci = content
+    contrasts = {f"rl2f - {b}": {"a": "rl2f", "b": b, "delta_acc_at": [0.0, d], "delta_acc_at_ci": [[-1, 1], ci]}
+                 for b, (d, ci) in deltas.items()}
+    contrasts["rl2f - base"].update(delta_content_effect=[0.0, rl2f_ce - base_ce], delta_content_effect_ci=[None, ce_ci])
+    return {"max_turns": 2, "seeds": [0, 1, 2], "contrasts": contrasts,
+            "models": {"rl2f": {"content_effect": [0.0, rl2f_ce], "multi_turn_gain": 0.5, "multi_turn_gain_ci": [0.4, 0.6]},
+                       "base": {"content_effect": [0.0, base_ce]}},
+            "paired": {"rlvr": {"delta_acc_at": [0.1, 0.0], "delta_acc_at_ci": [[0.05, 0.15], [-0.1, 0.1]]}}}
+
+
+GOOD = {"base": (0.4, [0.3, 0.5]), "sft": (0.2, [0.1, 0.3]), "rlvr": (0.3, [0.01, 0.6])}
+
+
+def test_claim_holds_when_every_interval_lies_above_zero():
+    from rl2f.demo import claim
+    from rl2f.demo.claim import claim_markdown
+
+    c = claim(_report(GOOD, (0.3, 0.05, [0.1, 0.4])))
+    assert c["holds"] and all(c[k]["holds"] for k in CHECKS)
+    assert c["acc_at_T_vs_rlvr"]["delta"] == 0.3 and c["content_effect_vs_base"]["delta"] == 0.25
+    assert c["context"]["rlvr_turn1_gain"] == 0.1 and c["context"]["rlvr_turn1_gain_ci"] == [0.05, 0.15]
+    assert "**yes**" in claim_markdown({"claim": c, "max_turns": 2, "seeds": [0, 1, 2]})
+
+
+def test_claim_fails_on_any_interval_touching_zero_or_missing():
+    """One baseline whose interval reaches 0 (a positive mean is not enough), a content effect
+    no larger than the base's, or no interval at all (bootstrap = 0): the claim fails, and
+    only the check concerned."""
+    from rl2f.demo import claim
+
+    for other, ci in [("rlvr", [0.0, 0.6]), ("sft", [-0.05, 0.45]), ("base", None)]:
+        c = claim(_report({**GOOD, other: (0.2, ci)}, (0.3, 0.05, [0.1, 0.4])))
+        assert not c["holds"] and not c[f"acc_at_T_vs_{other}"]["holds"]
+        assert [k for k in CHECKS if not c[k]["holds"]] == [f"acc_at_T_vs_{other}"]
+    for ce_ci in ([-0.01, 0.3], None):
+        c = claim(_report(GOOD, (0.3, 0.2, ce_ci)))
+        assert not c["holds"] and [k for k in CHECKS if not c[k]["holds"]] == ["content_effect_vs_base"]

@@ -6,8 +6,15 @@ base model, which is loaded once) and every seed, on the same held-out problems:
 - feedback episodes: up to T turns with the config's teacher (`rollout.teacher`);
 - retry episodes: up to T turns where the teacher only says "incorrect, try again";
 - pass@K samples: K = T independent single-turn samples per problem (x samples_per_problem);
+- placebo episodes (`placebo=True`): up to T turns of the task's hint format with no
+  information about the answer (rl2f/teacher.py, "placebo"); feedback minus placebo is the
+  value of the content;
 - self-correction episodes (models named in `self_correct`): the student critiques its own
-  attempt in the teacher's turn, no privileged information (rl2f/teacher.py, "self").
+  attempt in the teacher's turn, no privileged information (rl2f/teacher.py, "self"). The
+  verifier still stops an episode at its first correct attempt (verifier-gated);
+- oracle-free self-correction (`oracle_free=True`, for the same models): exactly T rounds of
+  attempt and self-critique whatever the verifier would say, the answer of each round scored
+  afterwards: what self-correction is worth with no oracle at all.
 Sampling is keyed by (seed, problem) only (the episode runner's one scheme), never by the
 model or the batch, so every model and every episode kind draws the same noise for the same
 problems: turn 1 of the feedback, retry and self-correction episodes is the same attempt,
@@ -34,11 +41,12 @@ from rl2f.eval.metrics import (acc_at, bootstrap_indices, mean_ci, metrics_with_
                                problem_table)
 from rl2f.run import build_inference_run, episode_runner
 from rl2f.tasks import get_task
-from rl2f.tasks.base import Problem, Task
+from rl2f.tasks.base import Problem, Task, Verdict
 
 SCHEMA = "rl2f.eval.report/1"
 SELF_SUFFIX = "_self_correct"
-PHASES = ("feedback", "retry", "pass", "self")  # episode kinds, in the order they are played
+PHASES = ("feedback", "retry", "pass", "placebo", "self", "self_free")  # episode kinds, in the order they are played
+TEACHERS = {"retry": "retry", "pass": "retry", "placebo": "placebo", "self": "self", "self_free": "self"}
 
 Progress = Callable[[int, int, str], None]  # (problems just done, total, what is running)
 
@@ -99,14 +107,37 @@ def _select(engine, name: str, adapter: str | None, version: int) -> None:
 # The evaluation
 
 
+class NoOracle(Task):
+    """`task` with a verifier that never says "correct": an episode plays every round and its
+    student never learns the verdict (the answers are scored afterwards, `oracle_free_acc`)."""
+
+    def __init__(self, task: Task):
+        self.task, self.name, self.system_prompt = task, task.name, task.system_prompt
+
+    def problems(self, n: int, seed: int = 0, split: str = "train") -> list[Problem]:
+        return self.task.problems(n, seed, split)
+
+    def extract_answer(self, text: str) -> str | None:
+        return self.task.extract_answer(text)
+
+    def verify(self, text: str, problem: Problem) -> Verdict:
+        return Verdict(False, self.task.extract_answer(text))
+
+    def hint(self, problem: Problem, attempt: str, verdict: Verdict) -> str:
+        return self.task.hint(problem, attempt, verdict)
+
+
 def evaluate_models(cfg: RunConfig, models: dict[str, str | None], problems=None, seeds: list[int] = (0,),
-                    self_correct: list[str] = (), *, turns: int | None = None, progress: Progress | None = None,
+                    self_correct: list[str] = (), *, placebo: bool = False, oracle_free: bool = False,
+                    contrasts: list[tuple[str, str]] = (), turns: int | None = None, progress: Progress | None = None,
                     episodes_dir: str | Path | None = None, model=None, tokenizer=None) -> dict:
     """Evaluate `models` (name -> adapter directory, None for the base) and return the report
-    dict (schema: rl2f/eval/report.py).
+    dict (schema: rl2f/eval/report.py): `play_models`, then `build_report`.
 
-    problems: see `resolve_problems`. seeds: one full evaluation per seed, pooled per problem.
-    self_correct: model names also run with self-critique (reported as NAME_self_correct).
+    problems: see `resolve_problems`. seeds: one full evaluation per seed (intervals resample
+    seeds, then problems). self_correct: model names also run with self-critique (reported as
+    NAME_self_correct). placebo, oracle_free: the extra controls of the module docstring.
+    contrasts: (a, b) model pairs whose paired differences the report holds.
     turns: T (default `eval.max_turns`). progress: called as (problems done, total, label).
     episodes_dir: also write every episode as JSONL there (<model>.<kind>.jsonl).
     model, tokenizer: an already loaded base model (with or without LoRA) to reuse instead of
@@ -114,6 +145,21 @@ def evaluate_models(cfg: RunConfig, models: dict[str, str | None], problems=None
     """
     t0 = time.perf_counter()
     T = cfg.eval.max_turns if turns is None else int(turns)
+    sets = resolve_problems(cfg, problems)
+    episodes = play_models(cfg, models, sets, seeds, self_correct, placebo=placebo, oracle_free=oracle_free, turns=T,
+                           progress=progress, episodes_dir=episodes_dir, model=model, tokenizer=tokenizer)
+    report = build_report(cfg, episodes, models, sets, T, contrasts=contrasts)
+    report["wall_seconds"] = time.perf_counter() - t0
+    return report
+
+
+def play_models(cfg: RunConfig, models: dict[str, str | None], sets, seeds: list[int] = (0,),
+                self_correct: list[str] = (), *, placebo: bool = False, oracle_free: bool = False, turns: int,
+                progress: Progress | None = None, episodes_dir: str | Path | None = None, model=None,
+                tokenizer=None) -> dict[str, dict[str, dict[int, list[Episode]]]]:
+    """Play every model, seed and episode kind on the (task, problems) `sets`; returns
+    episodes[name][kind][seed] (kinds: `PHASES`). Arguments as for `evaluate_models`."""
+    T = int(turns)
     if T < 1:
         raise UserError(f"turns must be >= 1, got {T}")
     if not models:
@@ -129,7 +175,6 @@ def evaluate_models(cfg: RunConfig, models: dict[str, str | None], problems=None
     for name, adapter in models.items():
         if adapter is not None and not Path(adapter).is_dir():
             raise UserError(f"adapter '{name}': {adapter}: adapter directory not found")
-    sets = resolve_problems(cfg, problems)
     S = cfg.eval.samples_per_problem
 
     # --- the base model, once
@@ -138,17 +183,23 @@ def evaluate_models(cfg: RunConfig, models: dict[str, str | None], problems=None
     engine = run.engine
 
     def runner(task, kind: str):
-        teacher = {"feedback": cfg.rollout.teacher, "retry": "retry", "pass": "retry", "self": "self"}[kind]
-        return episode_runner(run, teacher, 1 if kind == "pass" else T, task=task)
+        teacher = TEACHERS.get(kind, cfg.rollout.teacher)
+        return episode_runner(run, teacher, 1 if kind == "pass" else T,
+                              task=NoOracle(task) if kind == "self_free" else task)
 
-    runners = {task.name: {k: runner(task, k) for k in PHASES} for task, _ in sets}
-    kinds = {name: [k for k in PHASES if k != "self" or name in self_correct] for name in models}
+    def wanted(name: str, kind: str) -> bool:
+        if kind == "placebo":
+            return placebo
+        if kind in ("self", "self_free"):
+            return name in self_correct and (kind == "self" or oracle_free)
+        return True
+
+    kinds = {name: [k for k in PHASES if wanted(name, k)] for name in models}
+    runners = {task.name: {k: runner(task, k) for k in {k for ks in kinds.values() for k in ks}} for task, _ in sets}
     n_problems = sum(len(ps) for _, ps in sets)
     total = n_problems * len(seeds) * sum(len(k) for k in kinds.values())
     per_batch = cfg.rollout.problems_per_batch
 
-    # --- play every model, seed and episode kind on the same problems
-    # episodes[name][kind][seed]: every episode of that model, kind and seed
     episodes: dict[str, dict[str, dict[int, list[Episode]]]] = {}
     for version, (name, adapter) in enumerate(models.items(), start=1):
         episodes[name] = {k: {s: [] for s in seeds} for k in kinds[name]}
@@ -165,38 +216,83 @@ def evaluate_models(cfg: RunConfig, models: dict[str, str | None], problems=None
                         if progress is not None:
                             progress(len(batch), total, f"{name} {kind} seed {seed}")
         if episodes_dir is not None:
-            out = Path(episodes_dir)
-            out.mkdir(parents=True, exist_ok=True)
-            for kind, by_seed in episodes[name].items():
-                with (out / f"{name}.{kind}.jsonl").open("w") as f:
-                    f.writelines(e.to_json() + "\n" for s in seeds for e in by_seed[s])
+            write_episodes(episodes[name], Path(episodes_dir), name)
+    return episodes
 
-    # --- metrics
+
+def write_episodes(by_kind: dict[str, dict[int, list[Episode]]], out_dir: Path, name: str) -> None:
+    """One model's episodes as DIR/<name>.<kind>.jsonl, seeds in order."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for kind, by_seed in by_kind.items():
+        with (out_dir / f"{name}.{kind}.jsonl").open("w") as f:
+            f.writelines(e.to_json() + "\n" for s in by_seed for e in by_seed[s])
+
+
+def read_episode_dirs(dirs: dict[int, str | Path], names: list[str]) -> dict[str, dict[str, dict[int, list[Episode]]]]:
+    """episodes[name][kind][seed] from one `episodes_dir` per seed (each written by a one-seed
+    `play_models`): how runs evaluated apart, such as one adapter per training seed, are
+    reported together."""
+    from rl2f.episodes import read_episodes
+
+    out: dict[str, dict[str, dict[int, list[Episode]]]] = {}
+    for name in names:
+        out[name] = {}
+        for kind in PHASES:
+            files = {s: Path(d) / f"{name}.{kind}.jsonl" for s, d in dirs.items()}
+            if all(f.is_file() for f in files.values()):
+                out[name][kind] = {s: read_episodes(f) for s, f in files.items()}
+            elif any(f.is_file() for f in files.values()):
+                raise UserError(f"model '{name}': {kind} episodes for some seeds only ({', '.join(map(str, files.values()))})")
+        if "feedback" not in out[name]:
+            raise UserError(f"model '{name}': no feedback episodes in {', '.join(str(d) for d in dirs.values())}")
+    return out
+
+
+# ----------------------------------------------------------------------------------------
+# The report
+
+
+def build_report(cfg: RunConfig, episodes: dict[str, dict[str, dict[int, list[Episode]]]],
+                 adapters: dict[str, str | list[str] | None], sets, T: int,
+                 contrasts: list[tuple[str, str]] = ()) -> dict:
+    """The report (schema: rl2f/eval/report.py) of episodes[name][kind][seed] played on the
+    (task, problems) `sets`; adapters: name -> adapter directory (a list: one per seed), None
+    for the base. Every interval resamples seeds, then problems, with the same draws for every
+    model (paired)."""
+    seeds = list(next(iter(episodes.values()))["feedback"])
     keys = [(task.name, p.id) for task, ps in sets for p in ps]
+    idx = resamples(cfg, len(keys), len(seeds))
+    tasks = {task.name: task for task, _ in sets}
+    problems = {(task.name, p.id): p for task, ps in sets for p in ps}
+    rows = {}  # report name -> (episode kind, episodes by kind) of its acc@t
     report_models: dict[str, dict] = {}
-    for name, adapter in models.items():
-        eps = episodes[name]
-        base = _model_report(eps["feedback"], eps["retry"], eps["pass"], keys, sets, T, seeds, cfg)
-        report_models[name] = {"adapter": None if adapter is None else str(adapter),
-                               "teacher": cfg.rollout.teacher, **base}
-        if name in self_correct:
-            sc = _model_report(eps["self"], eps["retry"], eps["pass"], keys, sets, T, seeds, cfg)
+    for name, eps in episodes.items():
+        adapter = adapters.get(name)
+        adapter = adapter if adapter is None or isinstance(adapter, list) else str(adapter)
+        report_models[name] = {"adapter": adapter, "teacher": cfg.rollout.teacher,
+                               **_model_report(eps, "feedback", keys, sets, T, seeds, cfg)}
+        rows[name] = (eps, "feedback")
+        if "self" in eps:
+            sc = _model_report(eps, "self", keys, sets, T, seeds, cfg)
             # The self-critique sees no privileged information and passes no guard.
             for m in [sc, *sc.get("per_task", {}).values()]:
                 m["leak_rate"], m["leak_rate_ci"] = None, None
-            report_models[name + SELF_SUFFIX] = {"adapter": None if adapter is None else str(adapter),
-                                                 "teacher": "self", **sc}
+            sc["verifier_gated"] = True
+            if "self_free" in eps:
+                rounds = np.stack([_round_correct(eps["self_free"][s], keys, T, tasks, problems) for s in seeds])
+                sc["oracle_free_acc"] = [float(x) for x in rounds.mean(axis=(0, 1))]
+                sc["oracle_free_acc_ci"] = mean_ci(rounds, idx)
+            report_models[name + SELF_SUFFIX] = {"adapter": adapter, "teacher": "self", **sc}
+            rows[name + SELF_SUFFIX] = (eps, "self")
 
     reference = "base" if "base" in report_models else next(iter(report_models))
-    idx = bootstrap_indices(len(keys), cfg.eval.bootstrap, cfg.eval.seed)
-    ref_solved = _solved_by(episodes, reference, keys, T)
-    paired = {}
-    for name in report_models:
-        if name == reference:
-            continue
-        diff = _solved_by(episodes, name, keys, T) - ref_solved  # (N, T)
-        paired[name] = {"reference": reference, "delta_acc_at": [float(x) for x in diff.mean(axis=0)],
-                        "delta_acc_at_ci": mean_ci(diff, idx)}
+    paired = {name: _contrast(rows[name], rows[reference], keys, T, seeds, idx, reference=reference)
+              for name in report_models if name != reference}
+    pairs = {}
+    for a, b in contrasts:
+        if a not in rows or b not in rows:
+            raise UserError(f"contrast '{a} - {b}': not an evaluated model (models: {', '.join(rows)})")
+        pairs[f"{a} - {b}"] = {"a": a, "b": b, **_contrast(rows[a], rows[b], keys, T, seeds, idx)}
 
     config = to_dict(cfg)
     config["eval"]["max_turns"] = T
@@ -204,51 +300,88 @@ def evaluate_models(cfg: RunConfig, models: dict[str, str | None], problems=None
         "schema": SCHEMA,
         "models": report_models,
         "paired": paired,
+        "contrasts": pairs,
         "reference": reference,
         "seeds": seeds,
         "max_turns": T,
         "k": T,
         "tasks": {task.name: len(ps) for task, ps in sets},
-        "n_problems": n_problems,
-        "samples_per_problem": S,
+        "n_problems": len(keys),
+        "samples_per_problem": cfg.eval.samples_per_problem,
         "bootstrap": cfg.eval.bootstrap,
         "ci_level": 0.95,
         "config": config,
-        "wall_seconds": time.perf_counter() - t0,
     }
 
 
-def _solved_by(episodes, name: str, keys, T: int) -> np.ndarray:
-    """(N, T) acc@t per problem of a report entry (NAME or NAME_self_correct)."""
-    kind = "feedback"
-    if name not in episodes and name.endswith(SELF_SUFFIX):
-        name, kind = name[: -len(SELF_SUFFIX)], "self"
-    eps = [e for by_seed in episodes[name][kind].values() for e in by_seed]
-    return problem_table(eps, T, keys).solved_by
+def _solved(by_seed: dict[int, list[Episode]], keys, T: int, seeds) -> np.ndarray:
+    """(S, N, T) acc@t per seed and problem."""
+    return np.stack([problem_table(by_seed[s], T, keys).solved_by for s in seeds])
 
 
-def _model_report(feedback, retry, passes, keys, sets, T: int, seeds: list[int], cfg: RunConfig) -> dict:
-    """One model's metrics over all problems, plus per task when there are several."""
-    flat = lambda by_seed: [e for s in seeds for e in by_seed[s]]  # noqa: E731
-    out = _metrics(flat(feedback), flat(retry), flat(passes), keys, T, cfg)
-    out["acc_at_per_seed"] = [acc_at(problem_table(feedback[s], T, keys)) for s in seeds]
+def _contrast(a, b, keys, T: int, seeds, idx, **extra) -> dict:
+    """Paired acc@t differences of two report rows (episodes, kind), and of their content
+    effects (feedback minus placebo) where both rows have placebo episodes."""
+    (eps_a, kind_a), (eps_b, kind_b) = a, b
+    diff = _solved(eps_a[kind_a], keys, T, seeds) - _solved(eps_b[kind_b], keys, T, seeds)  # (S, N, T)
+    out = {**extra, "delta_acc_at": [float(x) for x in diff.mean(axis=(0, 1))], "delta_acc_at_ci": mean_ci(diff, idx)}
+    if kind_a == kind_b == "feedback" and "placebo" in eps_a and "placebo" in eps_b:
+        content = diff - (_solved(eps_a["placebo"], keys, T, seeds) - _solved(eps_b["placebo"], keys, T, seeds))
+        out["delta_content_effect"] = [float(x) for x in content.mean(axis=(0, 1))]
+        out["delta_content_effect_ci"] = mean_ci(content, idx)
+    return out
+
+
+def _round_correct(episodes: list[Episode], keys, T: int, tasks, problems) -> np.ndarray:
+    """(N, T) per problem the fraction of its oracle-free episodes whose round-t answer is
+    correct, graded now by the real verifier (the episodes were played blind)."""
+    out, count = np.zeros((len(keys), T)), np.zeros(len(keys))
+    row = {k: i for i, k in enumerate(keys)}
+    for e in episodes:
+        i = row[(e.task, e.problem_id)]
+        count[i] += 1
+        for t, turn in enumerate(e.turns[:T]):
+            out[i, t] += tasks[e.task].verify(turn.attempt, problems[(e.task, e.problem_id)]).correct
+    if (count == 0).any():
+        raise ValueError(f"no oracle-free episodes for problem {keys[int(np.argmin(count))]}")
+    return out / count[:, None]
+
+
+def resamples(cfg: RunConfig, n_problems: int, n_seeds: int):
+    """The report's bootstrap draws (seeds, then problems): the same for every model."""
+    return bootstrap_indices(n_problems, cfg.eval.bootstrap, cfg.eval.seed, n_seeds=n_seeds)
+
+
+def _model_report(eps, kind: str, keys, sets, T: int, seeds: list[int], cfg: RunConfig) -> dict:
+    """One model's metrics (acc@t from its `kind` episodes) over all problems, plus per task
+    when there are several."""
+    out = _metrics(eps, kind, keys, T, seeds, resamples(cfg, len(keys), len(seeds)))
+    out["acc_at_per_seed"] = [acc_at(problem_table(eps[kind][s], T, keys)) for s in seeds]
+    out["multi_turn_gain_per_seed"] = [a[-1] - a[0] for a in out["acc_at_per_seed"]]
     if len(sets) > 1:
         out["per_task"] = {}
         for task, ps in sets:
             sub = [(task.name, p.id) for p in ps]
-            pick = lambda eps: [e for e in eps if e.task == task.name]  # noqa: E731
-            out["per_task"][task.name] = _metrics(pick(flat(feedback)), pick(flat(retry)), pick(flat(passes)),
-                                                  sub, T, cfg)
+            pick = {k: {s: [e for e in by_seed[s] if e.task == task.name] for s in seeds} for k, by_seed in eps.items()}
+            out["per_task"][task.name] = _metrics(pick, kind, sub, T, seeds, resamples(cfg, len(sub), len(seeds)))
     return out
 
 
-def _metrics(feedback, retry, passes, keys, T: int, cfg: RunConfig) -> dict:
-    idx = bootstrap_indices(len(keys), cfg.eval.bootstrap, cfg.eval.seed)
-    m = metrics_with_ci(problem_table(feedback, T, keys), idx)
-    rt = problem_table(retry, T, keys)
-    m["retry_acc_at"] = acc_at(rt)
-    m["retry_acc_at_ci"] = mean_ci(rt.solved_by, idx)
-    pk = pass_at_k_values(passes, T, keys)  # (N,)
+def _metrics(eps, kind: str, keys, T: int, seeds: list[int], idx) -> dict:
+    tables = lambda k: [problem_table(eps[k][s], T, keys) for s in seeds]  # noqa: E731
+    m = metrics_with_ci(tables(kind), idx)
+    rt = np.stack([t.solved_by for t in tables("retry")])  # (S, N, T)
+    m["retry_acc_at"] = [float(x) for x in rt.mean(axis=(0, 1))]
+    m["retry_acc_at_ci"] = mean_ci(rt, idx)
+    pk = np.stack([pass_at_k_values(eps["pass"][s], T, keys) for s in seeds])  # (S, N): per seed, never pooled
     m["pass_at_k"] = float(pk.mean())
     m["pass_at_k_ci"] = mean_ci(pk, idx)
+    m["pass_at_k_per_seed"] = [float(x) for x in pk.mean(axis=1)]
+    if kind == "feedback" and "placebo" in eps:
+        pl = np.stack([t.solved_by for t in tables("placebo")])
+        solved = np.stack([t.solved_by for t in tables(kind)])
+        m["placebo_acc_at"] = [float(x) for x in pl.mean(axis=(0, 1))]
+        m["placebo_acc_at_ci"] = mean_ci(pl, idx)
+        m["content_effect"] = [float(x) for x in (solved - pl).mean(axis=(0, 1))]
+        m["content_effect_ci"] = mean_ci(solved - pl, idx)
     return m

@@ -1,9 +1,9 @@
 """The RL2F metrics (RL2F.md, Metrics) from Episode records, with bootstrap intervals.
 
-Every metric is computed from a per-problem table, so that one bootstrap over problems
-(resampling problems with replacement, all of a problem's episodes together) gives the 95%
-intervals, and two models evaluated on the same problems can share the resample indices
-(a paired comparison).
+Every metric is computed from per-problem tables, one per seed, so that one hierarchical
+bootstrap (seeds with replacement, then problems with replacement, all of a problem's
+episodes together: `Resamples`) gives the 95% intervals, and two models evaluated on the same
+seeds and problems can share the resample indices (a paired comparison).
 
 Definitions, with T the number of turns and an episode stopping at its first correct attempt:
 - acc@t: per problem, the fraction of its episodes (samples x seeds) solved at some turn
@@ -18,8 +18,10 @@ Definitions, with T the number of turns and an episode stopping at its first cor
   answer), None -> "5" and "5" -> None are changes. Answers compare after stripping
   whitespace. Per turn as for the correction rate.
 - leak rate: teacher messages flagged by the leak guard / teacher messages.
-- pass@K: per problem, the unbiased estimator 1 - C(n-c, K) / C(n, K) over its n
-  independent single-turn samples with c correct (with n = K: solved if any is correct).
+- pass@K: per problem and seed, the unbiased estimator 1 - C(n-c, K) / C(n, K) over that
+  seed's n independent single-turn samples with c correct (with n = K: solved if any is
+  correct); then the mean over seeds and problems. Never pooled over seeds: each seed is its
+  own trained model, and a mixture of models has a higher pass@K than the models' mean.
 A ratio with no cases (no episode wrong at turn 1, no feedback turn) is None.
 """
 from __future__ import annotations
@@ -162,14 +164,36 @@ def point_metrics(table: ProblemTable) -> dict:
 
 
 # --------------------------------------------------------------------------------------
-# Bootstrap over problems
+# Hierarchical bootstrap: seeds, then problems
 
 
-def bootstrap_indices(n_problems: int, n_resamples: int, seed: int) -> np.ndarray:
-    """(B, N) problem indices drawn with replacement; the same (N, B, seed) gives the same
-    draws, so models evaluated on the same problems are resampled in pairs."""
+@dataclass
+class Resamples:
+    """Bootstrap draws for values laid out (S seeds, N problems, ...).
+
+    Each resample b draws S seeds with replacement, then N problems with replacement, and its
+    statistic pools the cells (seed, problem) of the drawn seeds and problems. The problems are
+    the same for every seed (a crossed design: a hard problem is hard for every seed), so one
+    problem draw serves all the drawn seeds of a resample. With several seeds the interval
+    holds both the variance between seeds (training seeds: the unit that varies the method)
+    and between problems; with one seed it is the plain bootstrap over problems."""
+
+    problems: np.ndarray  # (B, N) problem indices
+    seeds: np.ndarray  # (B, S) seed indices
+
+
+def bootstrap_indices(n_problems: int, n_resamples: int, seed: int, n_seeds: int = 1) -> Resamples:
+    """Resamples of `n_seeds` x `n_problems` values; the same arguments give the same draws, so
+    models evaluated on the same seeds and problems are resampled in pairs."""
     rng = np.random.default_rng(seed)
-    return rng.integers(0, n_problems, size=(n_resamples, n_problems))
+    problems = rng.integers(0, n_problems, size=(n_resamples, n_problems))
+    seeds = rng.integers(0, n_seeds, size=(n_resamples, n_seeds)) if n_seeds > 1 else np.zeros((n_resamples, 1), int)
+    return Resamples(problems, seeds)
+
+
+def _cells(values: np.ndarray, idx: Resamples) -> np.ndarray:
+    """(B, S, N, ...) the drawn cells of (S, N, ...) values."""
+    return values[idx.seeds[:, :, None], idx.problems[:, None, :]]
 
 
 def _interval(samples: np.ndarray, point) -> list:
@@ -193,37 +217,53 @@ def _interval(samples: np.ndarray, point) -> list:
     return out
 
 
-def mean_ci(values: np.ndarray, idx: np.ndarray) -> list:
-    """Intervals of the mean over problems of (N,) or (N, C) per-problem values: one
-    [lo, hi] for (N,), a list of C for (N, C)."""
-    if values.shape[0] == 0:
-        return None if values.ndim == 1 else [None] * values.shape[1]
-    stats = values[idx].mean(axis=1)  # (B,) or (B, C)
-    ci = _interval(stats, values.mean(axis=0).tolist())
-    return ci[0] if values.ndim == 1 else ci
+def mean_ci(values: np.ndarray, idx: Resamples) -> list:
+    """Intervals of the mean over (seed, problem) cells of (S, N) or (S, N, C) values: one
+    [lo, hi] for (S, N), a list of C for (S, N, C)."""
+    if values.shape[1] == 0:
+        return None if values.ndim == 2 else [None] * values.shape[2]
+    stats = _cells(values, idx).mean(axis=(1, 2))  # (B,) or (B, C)
+    ci = _interval(stats, values.mean(axis=(0, 1)).tolist())
+    return ci[0] if values.ndim == 2 else ci
 
 
-def ratio_ci(num: np.ndarray, den: np.ndarray, idx: np.ndarray) -> list:
-    """Intervals of sum(num) / sum(den) over resampled problems; (N,) or (N, C) counts."""
-    if num.shape[0] == 0:
-        return None if num.ndim == 1 else [None] * num.shape[1]
-    n, d = num[idx].sum(axis=1), den[idx].sum(axis=1)  # (B,) or (B, C)
+def ratio_ci(num: np.ndarray, den: np.ndarray, idx: Resamples) -> list:
+    """Intervals of sum(num) / sum(den) over the drawn cells; (S, N) or (S, N, C) counts."""
+    if num.shape[1] == 0:
+        return None if num.ndim == 2 else [None] * num.shape[2]
+    n, d = _cells(num, idx).sum(axis=(1, 2)), _cells(den, idx).sum(axis=(1, 2))  # (B,) or (B, C)
     with np.errstate(invalid="ignore", divide="ignore"):
         stats = np.where(d > 0, n / np.where(d > 0, d, 1), np.nan)
-    point = _ratio(num, den) if num.ndim == 1 else _ratios(num, den)
+    flat_num, flat_den = num.reshape(-1, *num.shape[2:]), den.reshape(-1, *den.shape[2:])
+    point = _ratio(flat_num, flat_den) if num.ndim == 2 else _ratios(flat_num, flat_den)
     ci = _interval(stats, point)
-    return ci[0] if num.ndim == 1 else ci
+    return ci[0] if num.ndim == 2 else ci
 
 
-def metrics_with_ci(table: ProblemTable, idx: np.ndarray) -> dict:
-    """`point_metrics` plus a `*_ci` interval for each rate, from resample indices `idx`."""
-    m = point_metrics(table)
-    gain = table.solved_by[:, -1] - table.solved_by[:, 0]  # (N,)
-    m["acc_at_ci"] = mean_ci(table.solved_by, idx)
-    m["multi_turn_gain_ci"] = mean_ci(gain, idx)
-    m["correction_rate_ci"] = ratio_ci(table.corrected, table.first_wrong, idx)
-    m["correction_rate_per_turn_ci"] = ratio_ci(table.turn_fixed, table.turn_wrong, idx)
-    m["plasticity_ci"] = ratio_ci(table.fb_changed.sum(axis=1), table.fb_turns.sum(axis=1), idx)
-    m["plasticity_per_turn_ci"] = ratio_ci(table.fb_changed, table.fb_turns, idx)
-    m["leak_rate_ci"] = ratio_ci(table.leaks, table.teacher_msgs, idx)
+def merge_tables(tables: list[ProblemTable]) -> ProblemTable:
+    """One table of several seeds' tables on the same problems (every seed with as many
+    episodes per problem): acc@t averaged, counts summed; its point metrics equal those of
+    `problem_table` over all the seeds' episodes."""
+    first = tables[0]
+    if any(t.keys != first.keys for t in tables):
+        raise ValueError("tables of different problems cannot be merged")
+    stack = lambda name: np.stack([getattr(t, name) for t in tables])  # noqa: E731
+    counts = {name: stack(name).sum(axis=0) for name in ("first_wrong", "corrected", "turn_wrong", "turn_fixed",
+                                                         "fb_turns", "fb_changed", "teacher_msgs", "leaks", "episodes")}
+    return ProblemTable(list(first.keys), first.max_turns, solved_by=stack("solved_by").mean(axis=0), **counts)
+
+
+def metrics_with_ci(tables: list[ProblemTable], idx: Resamples) -> dict:
+    """`point_metrics` of the seeds' tables merged, plus a `*_ci` interval for each rate from
+    the hierarchical resamples `idx` (one table per seed, in `idx`'s seed order)."""
+    m = point_metrics(merge_tables(tables))
+    stack = lambda name: np.stack([getattr(t, name) for t in tables])  # noqa: E731  (S, N, ...)
+    solved = stack("solved_by")
+    m["acc_at_ci"] = mean_ci(solved, idx)
+    m["multi_turn_gain_ci"] = mean_ci(solved[:, :, -1] - solved[:, :, 0], idx)
+    m["correction_rate_ci"] = ratio_ci(stack("corrected"), stack("first_wrong"), idx)
+    m["correction_rate_per_turn_ci"] = ratio_ci(stack("turn_fixed"), stack("turn_wrong"), idx)
+    m["plasticity_ci"] = ratio_ci(stack("fb_changed").sum(axis=2), stack("fb_turns").sum(axis=2), idx)
+    m["plasticity_per_turn_ci"] = ratio_ci(stack("fb_changed"), stack("fb_turns"), idx)
+    m["leak_rate_ci"] = ratio_ci(stack("leaks"), stack("teacher_msgs"), idx)
     return m

@@ -12,11 +12,12 @@
   (written only when T >= 2).
 
 report.json schema (`schema` = "rl2f.eval.report/1"). Rates are fractions in [0, 1]; a
-`*_ci` field is the 95% percentile bootstrap interval [lo, hi] over problems (problems
-resampled with replacement, `bootstrap` times, the same resamples for every model, so
-intervals are paired), widened if needed so it always holds the point estimate; an
-interval, like a ratio, is null where it has no cases (every interval is null with
-`eval.bootstrap` = 0). T = `max_turns`, K = T.
+`*_ci` field is the 95% percentile interval [lo, hi] of a hierarchical bootstrap (`bootstrap`
+resamples, each drawing the seeds with replacement, then the problems with replacement; the
+same resamples for every model, so intervals are paired; with one seed, the plain bootstrap
+over problems: rl2f/eval/metrics.py, `Resamples`), widened if needed so it always holds the
+point estimate; an interval, like a ratio, is null where it has no cases (every interval is
+null with `eval.bootstrap` = 0). T = `max_turns`, K = T.
 
 Top level:
     schema              "rl2f.eval.report/1"
@@ -28,8 +29,14 @@ Top level:
                         for t = 1..T], delta_acc_at_ci: [[lo, hi] per t]}} for every model but
                         the reference: a paired bootstrap (same problems, same seeds, same
                         resamples), so a CI excluding 0 is a real difference
-    seeds               the evaluation seeds; each seed is one full pass over the problems,
-                        and a problem's episodes from all seeds are pooled
+    contrasts           {"a - b": {a, b, delta_acc_at, delta_acc_at_ci}} for each pair asked
+                        for (`contrasts`), the same paired differences between any two models;
+                        where both have placebo episodes also delta_content_effect (the
+                        difference of their content effects, per turn) and
+                        delta_content_effect_ci
+    seeds               the seeds; each seed is one full pass over the problems (an
+                        evaluation seed, or in the demo a training seed with its own adapter);
+                        point estimates pool the seeds, intervals resample them
     max_turns           T: student attempts per episode
     k                   K of pass@K (= T)
     tasks               {task name: number of problems}
@@ -48,7 +55,7 @@ Model entry (`models[name]`):
                              solved at some turn <= t, averaged over problems; non-decreasing
     acc_at_ci                [[lo, hi] per turn]
     acc_at_per_seed          [[acc@1..acc@T] per seed, in `seeds` order]
-    multi_turn_gain          acc@T - acc@1; multi_turn_gain_ci
+    multi_turn_gain          acc@T - acc@1; multi_turn_gain_ci; multi_turn_gain_per_seed
     correction_rate          among episodes wrong at turn 1, the fraction solved by turn T
                              (pooled: successes / cases); correction_rate_ci
     correction_rate_per_turn [P(correct at t+1 | wrong at t) for t = 1..T-1], pooled over
@@ -67,14 +74,30 @@ Model entry (`models[name]`):
     retry_acc_at             acc@t of the same model when the teacher only says "That is
                              incorrect. Try again." (isolates the value of feedback content);
                              retry_acc_at_ci
-    pass_at_k                mean over problems of the unbiased pass@K estimator
-                             1 - C(n-c, K)/C(n, K) from n = K x samples_per_problem x seeds
+    pass_at_k                mean over seeds and problems of the unbiased pass@K estimator
+                             1 - C(n-c, K)/C(n, K) from one seed's n = K x samples_per_problem
                              independent single-turn samples, c correct (n = K: solved if any
-                             sample is correct); pass_at_k_ci
+                             sample is correct): per seed, never pooled across seeds (a
+                             mixture of adapters has a higher pass@K than their mean);
+                             pass_at_k_ci; pass_at_k_per_seed
+    placebo_acc_at           (with placebo episodes) acc@t when the teacher writes the task's
+                             hint format with no information about the answer;
+                             placebo_acc_at_ci
+    content_effect           acc@t(feedback) - acc@t(placebo) per turn: the value of the
+                             feedback's content, where retry also changes the format;
+                             content_effect_ci
     n_problems               problems evaluated
     n_episodes               feedback episodes (problems x samples_per_problem x seeds)
+    verifier_gated           (NAME_self_correct only) true: the verifier stops the episode at
+                             the first correct attempt, so the self-critic is only asked
+                             about wrong attempts (it gets the bit "that was wrong")
+    oracle_free_acc          (NAME_self_correct, with oracle-free episodes) [accuracy of the
+                             answer of round t for t = 1..T] of episodes that play exactly T
+                             rounds of attempt and self-critique with no verifier, graded
+                             afterwards: the last entry is the final answer's accuracy; not
+                             cumulative; oracle_free_acc_ci
     per_task                 (only with several tasks) {task: the fields above, except
-                             adapter, teacher, acc_at_per_seed}
+                             adapter, teacher, acc_at_per_seed, multi_turn_gain_per_seed}
 
 Turn 1 is sampled with the same noise for the feedback, retry and self-correction episodes
 of a model, so their acc@1 agree; NAME_self_correct shares NAME's retry_acc_at and pass_at_k.
@@ -96,35 +119,64 @@ def _ci(ci) -> str:
 
 
 def markdown_table(report: dict) -> str:
-    """The report as Markdown: a summary table and an acc@t table."""
+    """The report as Markdown: a summary table, paired differences and an acc@t table."""
     T, K = report["max_turns"], report["k"]
     tasks = ", ".join(f"{t} ({n})" for t, n in report["tasks"].items())
+    models = report["models"]
+    placebo = any("placebo_acc_at" in m for m in models.values())
     lines = [
         f"Evaluation: {report['n_problems']} problems ({tasks}), T = {T} turns, "
         f"seeds {report['seeds']}, {report['samples_per_problem']} sample(s) per problem per seed; "
-        f"95% bootstrap intervals over problems.",
+        f"95% intervals of a bootstrap over seeds, then problems.",
         "",
-        f"| model | feedback | acc@1 | acc@{T} [95% CI] | gain | retry acc@{T} | pass@{K} | correction | plasticity | leak | problems |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        f"| model | feedback | acc@1 | acc@{T} [95% CI] | gain | retry acc@{T} |"
+        + (f" placebo acc@{T} | content effect |" if placebo else "")
+        + f" pass@{K} | correction | plasticity | leak | problems |",
+        "|---|---|---|---|---|---|" + ("---|---|" if placebo else "") + "---|---|---|---|---|",
     ]
-    for name, m in report["models"].items():
-        lines.append(
-            f"| {name} | {m['teacher']} | {_f(m['acc_at'][0])} | {_f(m['acc_at'][-1])}{_ci(m['acc_at_ci'][-1])} "
-            f"| {_f(m['multi_turn_gain'])} | {_f(m['retry_acc_at'][-1])} | {_f(m['pass_at_k'])} "
-            f"| {_f(m['correction_rate'])} | {_f(m['plasticity'])} | {_f(m['leak_rate'])} | {m['n_problems']} |"
-        )
+    for name, m in models.items():
+        teacher = m["teacher"] + (" (verifier-gated)" if m.get("verifier_gated") else "")
+        row = (f"| {name} | {teacher} | {_f(m['acc_at'][0])} | {_f(m['acc_at'][-1])}{_ci(m['acc_at_ci'][-1])} "
+               f"| {_f(m['multi_turn_gain'])} | {_f(m['retry_acc_at'][-1])} |")
+        if placebo:
+            row += (f" {_f(m['placebo_acc_at'][-1])} | {m['content_effect'][-1]:+.3f}{_ci(m['content_effect_ci'][-1])} |"
+                    if "placebo_acc_at" in m else " - | - |")
+        lines.append(row + f" {_f(m['pass_at_k'])} | {_f(m['correction_rate'])} | {_f(m['plasticity'])} "
+                     f"| {_f(m['leak_rate'])} | {m['n_problems']} |")
+    oracle_free = {name: m for name, m in models.items() if "oracle_free_acc" in m}
+    if oracle_free:
+        lines += ["", f"Oracle-free self-correction: exactly {T} rounds of attempt and self-critique, no verifier; "
+                  "accuracy of the answer of each round (not cumulative; the last is the final answer):", "",
+                  "| model | " + " | ".join(f"round {t}" for t in range(1, T + 1)) + " |", "|---|" + "---|" * T]
+        for name, m in oracle_free.items():
+            lines.append(f"| {name} | " + " | ".join(_f(v) for v in m["oracle_free_acc"][:-1])
+                         + f" | {_f(m['oracle_free_acc'][-1])}{_ci(m['oracle_free_acc_ci'][-1])} |")
     if report.get("paired"):
         lines += ["", f"Paired difference in acc@{T} against {report['reference']} (same problems and seeds):", "",
                   f"| model | delta acc@{T} [95% CI] |", "|---|---|"]
         for name, p in report["paired"].items():
             lines.append(f"| {name} | {p['delta_acc_at'][-1]:+.3f}{_ci(p['delta_acc_at_ci'][-1])} |")
-    lines += ["", "Cumulative accuracy acc@t (retry: the teacher only says \"incorrect, try again\"):", "",
+    if report.get("contrasts"):
+        content = any("delta_content_effect" in c for c in report["contrasts"].values())
+        lines += ["", "Paired contrasts (same problems and seeds):", "",
+                  f"| contrast | delta acc@1 | delta acc@{T} [95% CI] |" + (" delta content effect [95% CI] |" if content else ""),
+                  "|---|---|---|" + ("---|" if content else "")]
+        for key, c in report["contrasts"].items():
+            row = f"| {key} | {c['delta_acc_at'][0]:+.3f} | {c['delta_acc_at'][-1]:+.3f}{_ci(c['delta_acc_at_ci'][-1])} |"
+            if content:
+                row += (f" {c['delta_content_effect'][-1]:+.3f}{_ci(c['delta_content_effect_ci'][-1])} |"
+                        if "delta_content_effect" in c else " - |")
+            lines.append(row)
+    lines += ["", "Cumulative accuracy acc@t (retry: the teacher only says \"incorrect, try again\"; placebo: the "
+              "hint's format, no content):", "",
               "| model | " + " | ".join(f"t={t}" for t in range(1, T + 1)) + " |",
               "|---|" + "---|" * T]
-    for name, m in report["models"].items():
+    for name, m in models.items():
         lines.append(f"| {name} | " + " | ".join(_f(v) for v in m["acc_at"]) + " |")
         if not name.endswith("_self_correct"):
             lines.append(f"| {name} (retry) | " + " | ".join(_f(v) for v in m["retry_acc_at"]) + " |")
+            if "placebo_acc_at" in m:
+                lines.append(f"| {name} (placebo) | " + " | ".join(_f(v) for v in m["placebo_acc_at"]) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -152,15 +204,16 @@ def write_plots(report: dict, out_dir: str | Path) -> list[Path]:
     return paths
 
 
-def write_report(report: dict, out_dir: str | Path) -> dict[str, Path]:
-    """Write report.json, report.md and the PNG plots into `out_dir`; returns their paths."""
+def write_report(report: dict, out_dir: str | Path, extra_markdown: str = "") -> dict[str, Path]:
+    """Write report.json, report.md (`markdown_table`, then `extra_markdown`) and the PNG plots
+    into `out_dir`; returns their paths."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {"json": out_dir / "report.json", "md": out_dir / "report.md"}
     tmp = paths["json"].with_suffix(".json.tmp")
     tmp.write_text(json.dumps(report, indent=2))
     tmp.replace(paths["json"])  # a reader never sees half a report
-    paths["md"].write_text(markdown_table(report))
+    paths["md"].write_text(markdown_table(report) + (f"\n{extra_markdown.rstrip()}\n" if extra_markdown else ""))
     for p in write_plots(report, out_dir):
         paths[p.stem] = p
     return paths

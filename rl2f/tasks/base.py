@@ -6,6 +6,7 @@ the teacher and the verifier see them, the student never does.
 """
 from __future__ import annotations
 
+import random
 import re
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
@@ -48,6 +49,12 @@ class Task(ABC):
     @abstractmethod
     def hint(self, problem: Problem, attempt: str, verdict: Verdict) -> str:
         """A programmatic teacher message for a wrong attempt: informative, never the answer."""
+
+    def placebo_hint(self, problem: Problem, attempt: str, verdict: Verdict, rng: random.Random) -> str:
+        """A message in `hint`'s format that carries no information about the answer (drawn
+        from `rng`, never from `problem.answer` or `problem.info`): the placebo control, whose
+        difference to `hint` isolates the value of the hint's content (RL2F.md, Metrics)."""
+        raise NotImplementedError(f"task '{self.name}' has no placebo hint")
 
     def answer_forms(self, problem: Problem) -> list[str]:
         """Strings whose appearance in a teacher message leaks the answer (for the leak guard)."""

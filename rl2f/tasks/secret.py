@@ -9,6 +9,7 @@ this design separates RL2F from single-turn RL at toy scale, where plain arithme
 """
 from __future__ import annotations
 
+import math
 import random
 import re
 
@@ -16,6 +17,10 @@ from rl2f.tasks.base import Problem, Task, Verdict
 
 _ANSWER = re.compile(r"answer\s*[:=]?\s*(-?\d+)", re.IGNORECASE)
 _INTEGER = re.compile(r"-?\d+")
+
+
+def _digit_sum(n: int) -> int:
+    return sum(map(int, str(n)))
 
 
 def candidates(digit_sum: int, digits: int = 2) -> list[int]:
@@ -28,10 +33,19 @@ class SecretNumberTask(Task):
     name = "secret"
     system_prompt = ""  # the prompt says the answer format; the tiny model needs no preamble
 
-    def __init__(self, digits: int = 2):
+    def __init__(self, digits: int = 2, prior: float = 0.0, sums: list[int] | None = None, name: str | None = None):
         if digits < 1:
             raise ValueError("digits must be >= 1")
         self.digits = digits
+        self.prior = float(prior)
+        self.pool = list(range(10 ** (digits - 1), 10**digits))
+        if sums is not None:
+            self.pool = [n for n in self.pool if _digit_sum(n) in set(sums)]
+            if not self.pool:
+                raise ValueError(f"no {digits}-digit number has a digit sum in {sums}")
+        self.id_prefix = "secret"  # problem ids (and so sampling keys) stay those of the plain task
+        if name is not None:
+            self.name = self.id_prefix = name  # a variant (subclasses keep their class attribute)
 
     def prompt(self, digit_sum: int) -> str:
         return f"Secret {self.digits}-digit number, digit sum {digit_sum}. Answer: ?"
@@ -42,13 +56,13 @@ class SecretNumberTask(Task):
         # fresh i.i.d. draws (as in RL2F.md's prototype). Holding out a set of secrets instead
         # was tried and measured memorisation: RL learned a turn-1 prior over the training
         # secrets that is wrong on the held-out ones by construction.
-        pool = list(range(10 ** (self.digits - 1), 10**self.digits))
         rng = random.Random(f"secret-{self.digits}-{split}-{seed}")
+        weights = [math.exp(-self.prior * int(str(n)[0])) for n in self.pool]
         out = []
         for i in range(n):
-            secret = rng.choice(pool)
-            s = sum(map(int, str(secret)))
-            out.append(Problem(f"secret-{split}-{seed}-{i}", self.prompt(s), str(secret), {"digit_sum": s}))
+            secret = rng.choices(self.pool, weights)[0] if self.prior else rng.choice(self.pool)
+            s = _digit_sum(secret)
+            out.append(Problem(f"{self.id_prefix}-{split}-{seed}-{i}", self.prompt(s), str(secret), {"digit_sum": s}))
         return out
 
     def extract_answer(self, text: str) -> str | None:
@@ -73,6 +87,16 @@ class SecretNumberTask(Task):
                 name = names[pos] if pos < len(names) else f"digit {pos + 1}"
                 return f"The {name} digit is {direction}."
         return "Check the digits again."
+
+    def placebo_hint(self, problem: Problem, attempt: str, verdict: Verdict, rng: random.Random) -> str:
+        """The hint's format with a random digit and direction: it never reads the secret."""
+        guess = verdict.answer
+        if guess is None or not guess.isdigit() or len(guess) != self.digits:
+            return f"Give a {self.digits}-digit number as 'Answer: N'."  # depends on the attempt only
+        names = ["first", "second", "third", "fourth", "fifth"]
+        pos = rng.randrange(self.digits)
+        name = names[pos] if pos < len(names) else f"digit {pos + 1}"
+        return f"The {name} digit is {rng.choice(['too high', 'too low'])}."
 
     def answer_forms(self, problem: Problem) -> list[str]:
         return [problem.answer]

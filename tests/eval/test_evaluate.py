@@ -43,6 +43,9 @@ class LuckyTask(Task):
     def hint(self, problem, attempt, verdict):
         return "The answer is 4242." if problem.info["i"] % 2 == 0 else "Try something else."
 
+    def placebo_hint(self, problem, attempt, verdict, rng):
+        return rng.choice(["Placebo one.", "Placebo two."])
+
 
 @pytest.fixture(scope="module", autouse=True)
 def one_thread():
@@ -95,11 +98,12 @@ def test_base_and_two_adapters_in_one_call(setup):
     problems = {task: task.problems(4), "secret": get_task("secret", digits=1).problems(2, split="test")}
     seen = []
     report = evaluate_models(cfg, {"base": None, "a": str(a), "b": str(b)}, problems, seeds=[0], self_correct=["a"],
+                             placebo=True, oracle_free=True, contrasts=[("a", "b")],
                              progress=lambda n, total, label: seen.append((n, total)), episodes_dir=root / "eps")
     assert set(report["models"]) == {"base", "a", "b", "a_self_correct"}
     assert report["max_turns"] == T and report["k"] == T and report["seeds"] == [0]
     assert report["n_problems"] == 6 and report["tasks"] == {"lucky": 4, "secret": 2}
-    assert sum(n for n, _ in seen) == seen[0][1] == 6 * 10  # 3 models x 3 kinds + 1 self-correction
+    assert sum(n for n, _ in seen) == seen[0][1] == 6 * 14  # 3 models x 4 kinds + 2 self-correction kinds
     assert report["config"]["eval"]["max_turns"] == T and report["wall_seconds"] > 0
     assert json.loads(json.dumps(report)) == report  # plain JSON data
 
@@ -117,13 +121,21 @@ def test_base_and_two_adapters_in_one_call(setup):
         assert 0 <= m["pass_at_k"] <= 1 and set(m["per_task"]) == {"lucky", "secret"}
         # turn 1 is shared by all episode kinds of a model
         assert m["retry_acc_at"][0] == m["acc_at"][0]
+        if not name.endswith("_self_correct"):
+            assert m["placebo_acc_at"][0] == m["acc_at"][0]
+            assert m["content_effect"] == pytest.approx([x - y for x, y in zip(m["acc_at"], m["placebo_acc_at"])])
 
     # the report is the metrics of the episodes it played
+    leaky_messages = 0
     for name in ("base", "a", "b"):
         fb = read_episodes(root / "eps" / f"{name}.feedback.jsonl")
         m = point_metrics(problem_table(fb, T))
         for key in ("acc_at", "correction_rate", "plasticity", "leak_rate", "n_teacher_messages"):
             assert report["models"][name][key] == pytest.approx(m[key]), (name, key)
+        placebo = read_episodes(root / "eps" / f"{name}.placebo.jsonl")
+        assert report["models"][name]["placebo_acc_at"] == pytest.approx(acc_at(problem_table(placebo, T)))
+        assert {t.feedback for e in placebo for t in e.turns if e.task == "lucky"} <= {None, "Placebo one.",
+                                                                                    "Placebo two."}
         retry = read_episodes(root / "eps" / f"{name}.retry.jsonl")
         assert report["models"][name]["retry_acc_at"] == pytest.approx(acc_at(problem_table(retry, T)))
         assert all(t.feedback in (None, "That is incorrect. Try again.") for e in retry for t in e.turns)
@@ -133,11 +145,17 @@ def test_base_and_two_adapters_in_one_call(setup):
         for e in passes:
             solved[e.problem_id] = solved.get(e.problem_id, False) or e.turns[0].correct
         assert report["models"][name]["pass_at_k"] == pytest.approx(sum(solved.values()) / 6)
-        # leaks: the lucky hint names the answer on even problems, and the guard flags it
+        # leaks: the lucky hint names the answer on even problems, and the guard flags every
+        # one of those messages and no other
+        leaky = [t.leak_flagged for e in fb for t in e.turns
+                 if t.feedback is not None and e.problem_id in ("lucky-0", "lucky-2")]
         flagged = [e.problem_id for e in fb for t in e.turns if t.leak_flagged]
-        assert all(pid in ("lucky-0", "lucky-2") for pid in flagged)
+        assert all(leaky) and all(pid in ("lucky-0", "lucky-2") for pid in flagged)
+        leaky_messages += len(leaky)
         assert report["models"][name]["leak_rate"] == (pytest.approx(len(flagged) / m["n_teacher_messages"])
                                                        if m["n_teacher_messages"] else None)
+
+    assert leaky_messages > 0  # the guard had something to flag
 
     first = {}
     for name, kind in [("a", "feedback"), ("a", "retry"), ("a", "self"), ("base", "feedback"), ("b", "feedback")]:
@@ -146,7 +164,21 @@ def test_base_and_two_adapters_in_one_call(setup):
     assert first["a", "feedback"] == first["a", "retry"] == first["a", "self"]
     assert first["a", "feedback"] != first["base", "feedback"] != first["b", "feedback"]
     sc = report["models"]["a_self_correct"]
-    assert sc["teacher"] == "self" and sc["leak_rate"] is None
+    assert sc["teacher"] == "self" and sc["leak_rate"] is None and sc["verifier_gated"] is True
+    # oracle-free: every episode plays all T rounds (no verifier stops it), graded afterwards
+    free = read_episodes(root / "eps" / "a.self_free.jsonl")
+    assert len(free) == 6 and all(len(e.turns) == T and not any(t.correct for t in e.turns) for e in free)
+    truth = {"lucky": task, "secret": get_task("secret", digits=1)}
+    by_id = {p.id: p for ps in problems.values() for p in ps}
+    rounds = [sum(truth[e.task].verify(e.turns[t].attempt, by_id[e.problem_id]).correct for e in free) / 6
+              for t in range(T)]
+    assert sc["oracle_free_acc"] == pytest.approx(rounds) and len(sc["oracle_free_acc_ci"]) == T
+    c = report["contrasts"]["a - b"]
+    assert c["a"] == "a" and c["b"] == "b"
+    assert c["delta_acc_at"] == pytest.approx([x - y for x, y in zip(report["models"]["a"]["acc_at"],
+                                                                     report["models"]["b"]["acc_at"])])
+    assert c["delta_content_effect"] == pytest.approx([x - y for x, y in zip(report["models"]["a"]["content_effect"],
+                                                                             report["models"]["b"]["content_effect"])])
     assert sc["retry_acc_at"] == report["models"]["a"]["retry_acc_at"]
     assert sc["acc_at"][0] == report["models"]["a"]["acc_at"][0]
     assert set(report["paired"]) == {"a", "b", "a_self_correct"}
@@ -158,13 +190,13 @@ def test_base_and_two_adapters_in_one_call(setup):
     # every field is documented in report.py's schema docstring
     import rl2f.eval.report as report_module
 
-    fields = set(report) | {k for m in report["models"].values() for k in m} | {k for p in report["paired"].values()
-                                                                                 for k in p}
+    fields = (set(report) | {k for m in report["models"].values() for k in m}
+              | {k for p in [*report["paired"].values(), *report["contrasts"].values()] for k in p})
     assert not [f for f in fields if not re.search(rf"\b{f}\b", report_module.__doc__)]
 
     paths = write_report(report, root / "out")
     assert json.loads(paths["json"].read_text()) == report
-    assert "| a_self_correct | self |" in paths["md"].read_text()
+    assert "| a_self_correct | self (verifier-gated) |" in paths["md"].read_text()
     for png in ("accuracy", "plasticity", "correction"):
         assert paths[png].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 

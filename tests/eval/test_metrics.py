@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from rl2f.episodes import Episode, Turn
-from rl2f.eval.metrics import (bootstrap_indices, mean_ci, metrics_with_ci, pass_at_k, pass_at_k_values,
-                               point_metrics, problem_table, ratio_ci)
+from rl2f.eval.metrics import (bootstrap_indices, mean_ci, merge_tables, metrics_with_ci, pass_at_k,
+                               pass_at_k_values, point_metrics, problem_table, ratio_ci)
 
 
 def episode(pid, turns, sample=0, task="t"):
@@ -79,8 +79,8 @@ def test_bootstrap_is_deterministic_contains_the_estimate_and_matches_a_naive_lo
     interval equals percentiles of a per-resample loop over episodes."""
     eps = dataset()
     table = problem_table(eps, 3)
-    a = metrics_with_ci(table, bootstrap_indices(4, 500, seed=7))
-    b = metrics_with_ci(table, bootstrap_indices(4, 500, seed=7))
+    a = metrics_with_ci([table], bootstrap_indices(4, 500, seed=7))
+    b = metrics_with_ci([table], bootstrap_indices(4, 500, seed=7))
     assert a == b
     for key in ("acc_at", "correction_rate_per_turn", "plasticity_per_turn"):
         for v, ci in zip(a[key], a[key + "_ci"]):
@@ -91,13 +91,51 @@ def test_bootstrap_is_deterministic_contains_the_estimate_and_matches_a_naive_lo
     idx = bootstrap_indices(4, 300, seed=1)
     by_problem = {k: [e for e in eps if (e.task, e.problem_id) == k] for k in table.keys}
     stats = []
-    for row in idx:
+    for row in idx.problems:
         picked = [e for i in row for e in by_problem[table.keys[i]]]
         wrong = [e for e in picked if not e.turns[0].correct]
         if wrong:
             stats.append(sum(e.solved_at is not None for e in wrong) / len(wrong))
     lo, hi = np.quantile(stats, [0.025, 0.975])
-    assert ratio_ci(table.corrected, table.first_wrong, idx) == pytest.approx([min(lo, 0.5), max(hi, 0.5)])
-    naive_acc = [np.mean([table.solved_by[i, 2] for i in row]) for row in idx]
+    assert ratio_ci(table.corrected[None], table.first_wrong[None], idx) == pytest.approx([min(lo, 0.5), max(hi, 0.5)])
+    naive_acc = [np.mean([table.solved_by[i, 2] for i in row]) for row in idx.problems]
     lo, hi = np.quantile(naive_acc, [0.025, 0.975])
-    assert mean_ci(table.solved_by, idx)[2] == pytest.approx([min(lo, 0.5), max(hi, 0.5)])
+    assert mean_ci(table.solved_by[None], idx)[2] == pytest.approx([min(lo, 0.5), max(hi, 0.5)])
+
+
+def test_merged_seed_tables_give_the_pooled_metrics():
+    """Point metrics of per-seed tables merged equal those of one table over all episodes."""
+    eps = dataset()
+    other = [episode(e.problem_id, [(t.answer, t.correct, t.feedback, t.leak_flagged) for t in e.turns][::-1][:1],
+                     sample=e.sample) for e in eps]  # seed 2: each episode cut to one attempt
+    merged = point_metrics(merge_tables([problem_table(eps, 3), problem_table(other, 3)]))
+    pooled = point_metrics(problem_table(eps + other, 3))
+    assert merged == pytest.approx(pooled)
+
+
+def test_hierarchical_bootstrap_widens_with_between_seed_variance():
+    """Synthetic per-seed, per-problem values: problem effects shared by every seed, plus a
+    seed offset of known spread. With no seed variance, the interval has the width of the
+    problem bootstrap; it grows with the seed offsets' spread (about 2 x 1.96 x sd/sqrt(S)
+    once the seed term dominates), and it is the plain problem bootstrap for one seed."""
+    rng = np.random.default_rng(0)
+    S, N = 5, 200
+    problems = rng.normal(0.5, 0.1, size=N)
+    idx = bootstrap_indices(N, 2000, seed=3, n_seeds=S)
+    widths = []
+    for sd in (0.0, 0.05, 0.2):
+        offsets = np.linspace(-1, 1, S) * sd / np.std(np.linspace(-1, 1, S))  # sd exactly
+        values = problems[None, :] + offsets[:, None]  # (S, N)
+        lo, hi = mean_ci(values, idx)
+        assert lo <= values.mean() <= hi
+        widths.append(hi - lo)
+    assert widths[0] < widths[1] < widths[2]
+    problem_only = 2 * 1.96 * problems.std() / np.sqrt(N)
+    assert widths[0] == pytest.approx(problem_only, rel=0.15)
+    # the seed term: a bootstrap of S offsets has sd = sd_offsets * sqrt((S-1)/S) / sqrt(S)
+    seed_term = 2 * 1.96 * 0.2 * np.sqrt((S - 1) / S) / np.sqrt(S)
+    assert widths[2] == pytest.approx(np.hypot(seed_term, problem_only), rel=0.2)
+    one = bootstrap_indices(N, 2000, seed=3)
+    assert np.array_equal(one.seeds, np.zeros((2000, 1), int))
+    naive = [values[0, row].mean() for row in one.problems]
+    assert mean_ci(values[:1], one) == pytest.approx(list(np.quantile(naive, [0.025, 0.975])), abs=1e-12)
