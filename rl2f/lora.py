@@ -23,8 +23,6 @@ import json
 import math
 import os
 import re
-import shutil
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Iterator
@@ -35,6 +33,7 @@ import torch.nn.functional as F
 
 from rl2f.config import LORA_SHORT_TARGETS as _SHORT
 from rl2f.config import LORA_TARGETS as TARGETS
+from rl2f.atomic import atomic_directory
 from rl2f.errors import UserError
 
 CONFIG_FILE = "adapter_config.json"
@@ -327,22 +326,9 @@ def save_adapter(model: nn.Module, directory: str | os.PathLike) -> Path:
         tensors[f"{key}.lora_A.weight"] = m.lora_A.detach().to("cpu").contiguous()
         tensors[f"{key}.lora_B.weight"] = m.lora_B.detach().to("cpu").contiguous()
 
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
-    try:
+    with atomic_directory(directory) as tmp:
         _save_safetensors(tensors, tmp / WEIGHTS_FILE)
         (tmp / CONFIG_FILE).write_text(json.dumps(peft_config_dict(model), indent=2, sort_keys=True))
-        if directory.exists():
-            # A directory cannot be renamed over a non-empty one: move the old one aside first.
-            old = Path(tempfile.mkdtemp(prefix=f".{directory.name}.old-", dir=directory.parent))
-            os.rename(directory, old / "adapter")
-            os.rename(tmp, directory)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.rename(tmp, directory)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return directory
 
 

@@ -23,7 +23,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -31,6 +30,7 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from rl2f.atomic import atomic_directory
 from rl2f.errors import UserError
 
 
@@ -134,9 +134,7 @@ def convert_gguf(gguf_path: str | Path, out: str | Path) -> Path:
             w = _unpermute(w, kv_heads)
         tensors[_hf_name(t.name)] = torch.from_numpy(np.ascontiguousarray(w))  # (out, in)
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
+    with atomic_directory(out) as tmp:
         save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
         (tmp / "config.json").write_text(json.dumps(config, indent=2))
         backend, tokenizer_config = _tokenizer(meta, gguf_path)
@@ -145,10 +143,6 @@ def convert_gguf(gguf_path: str | Path, out: str | Path) -> Path:
         for f in tmp.iterdir():  # mkdtemp's 0700 would keep a shared cache private
             f.chmod(0o644)
         tmp.chmod(0o755)
-        os.rename(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 
 
