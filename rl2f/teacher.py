@@ -26,6 +26,7 @@ import random
 import zlib
 from dataclasses import dataclass, field, replace
 
+from rl2f.engine.types import SamplingParams
 from rl2f.errors import UserError
 from rl2f.leak_guard import GENERIC_HINT, LeakGuard
 from rl2f.tasks.base import Problem, Task, Verdict
@@ -131,8 +132,6 @@ class LLMJudge:
     leading "yes" is a no."""
 
     def __init__(self, engine, tokenizer, max_tokens: int = 4):
-        from rl2f.engine.types import SamplingParams
-
         self.engine = engine
         self.tokenizer = tokenizer
         self.sampling_params = SamplingParams(temperature=0.0, max_tokens=max_tokens, logprobs=False)

@@ -10,9 +10,16 @@ import multiprocessing as mp
 import time
 from pathlib import Path
 
+import torch
+
 from rl2f.config import RunConfig, from_dict, to_dict
+from rl2f.demo.base import pretrain_base
 from rl2f.demo.claim import claim, claim_markdown, evidence_markdown
+from rl2f.eval.evaluate import build_report, play_models, read_episode_dirs
+from rl2f.eval.report import markdown_table, write_report
 from rl2f.tasks.secret import SecretNumberTask
+from rl2f.train import train
+from rl2f.train.checkpoint import find_checkpoint
 
 try:
     import tomllib
@@ -142,12 +149,6 @@ def _quarters(who: str, stage: str):
 def run_seed(seed: int, out_dir: str, base_path: str, quick: bool) -> dict:
     """Train and evaluate the arms of one seed on the shared base; returns its budgets and
     stage timings (JSON-able). Episodes go to OUT/seed<s>/eval and OUT/seed<s>/transfer."""
-    import torch
-
-    from rl2f.eval.evaluate import play_models
-    from rl2f.train import train
-    from rl2f.train.checkpoint import find_checkpoint
-
     torch.set_num_threads(1)  # seeds run side by side; tiny models gain nothing from threads
     who = f"seed {seed}"
     out = Path(out_dir) / f"seed{seed}"
@@ -225,9 +226,6 @@ def run_seed(seed: int, out_dir: str, base_path: str, quick: bool) -> dict:
 def run_demo(out_dir: str | Path, seeds: list[int] = (0, 1, 2), quick: bool = False, jobs: int | None = None) -> dict:
     """The whole demo into `out_dir`; returns the report (also written as report.json,
     report.md and plots; fields: rl2f/demo/__init__.py)."""
-    from rl2f.eval.evaluate import build_report, read_episode_dirs
-    from rl2f.eval.report import markdown_table, write_report
-    from rl2f.demo.base import pretrain_base
 
     t0 = time.perf_counter()
     out = Path(out_dir)

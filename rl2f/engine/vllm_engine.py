@@ -30,9 +30,13 @@ import tempfile
 from pathlib import Path
 from typing import Any, Sequence
 
+import torch
+from safetensors.torch import save_file
+
 from rl2f.engine.sampling import request_seed
 from rl2f.engine.types import CompletionOutput, RequestOutput, SamplingParams, per_request
 from rl2f.errors import UserError
+from rl2f.model.config import read_config
 
 
 def _import_vllm():
@@ -123,11 +127,6 @@ def _on_cpu() -> bool:
 def write_probe_adapter(model_path: str | Path, directory: str | Path, rank: int = 8) -> Path:
     """A random PEFT LoRA on every layer's o_proj of the checkpoint in `model_path`, strong
     enough to change greedy tokens: the start-up check's adapter (no model weights needed)."""
-    import torch
-    from safetensors.torch import save_file
-
-    from rl2f.model.config import read_config
-
     cfg = read_config(model_path)
     g = torch.Generator().manual_seed(0)
     width = cfg.num_attention_heads * cfg.head_dim

@@ -35,7 +35,7 @@ import numpy as np
 
 from rl2f.config import RolloutSection, RunConfig, to_dict
 from rl2f.distributed import init_distributed
-from rl2f.episodes import Episode
+from rl2f.episodes import Episode, read_episodes
 from rl2f.errors import UserError
 from rl2f.eval.metrics import (acc_at, bootstrap_indices, mean_ci, metrics_with_ci, pass_at_k_values,
                                problem_table)
@@ -232,8 +232,6 @@ def read_episode_dirs(dirs: dict[int, str | Path], names: list[str]) -> dict[str
     """episodes[name][kind][seed] from one `episodes_dir` per seed (each written by a one-seed
     `play_models`): how runs evaluated apart, such as one adapter per training seed, are
     reported together."""
-    from rl2f.episodes import read_episodes
-
     out: dict[str, dict[str, dict[int, list[Episode]]]] = {}
     for name in names:
         out[name] = {}
