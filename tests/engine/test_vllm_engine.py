@@ -6,6 +6,7 @@ unaffected by a loaded adapter (the CPU LoRA bug), the start-up check, the refus
 import gc
 import json
 import os
+import re
 import sys
 import types
 from types import SimpleNamespace
@@ -485,7 +486,9 @@ def test_real_vllm_one_engine_per_torchrun_rank(real):
     done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
                            "--master_port", "29517", worker, str(real.path)],
                           capture_output=True, text=True, timeout=600, env=env)
-    results = [json.loads(line.split(" ", 1)[1]) for line in done.stdout.splitlines() if line.startswith("RESULT ")]
+    # The two ranks share one stdout: a line may hold both results (print writes the text and
+    # its newline apart), so each result is found by its marker, not by line.
+    results = [json.loads(m) for m in re.findall(r"RESULT (\{[^{}]*\})", done.stdout)]
     assert done.returncode == 0, done.stderr[-2000:]
     want = ids(_builtin_greedy(real.base, real.tok, [[5, 6, 7, 8]], 6))[0]
     assert sorted(r["rank"] for r in results) == [0, 1] and all(r["ids"] == want for r in results)
