@@ -1,6 +1,10 @@
-"""Shared test fixtures: every test starts from the same torch seed."""
+"""Shared test fixtures: every test starts from the same torch seed; the real SmolLM2."""
+import os
+
 import pytest
 import torch
+
+from rl2f.model.gguf import model_dir
 
 # Tests use tiny models, whose forwards are thousands of microsecond-sized ops: one thread is
 # as fast as two on a quiet 2-core machine and up to 100x faster on a busy one.
@@ -22,3 +26,15 @@ def single_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir():
+    """The SmolLM2 checkpoint `rl2f fetch-model smollm2` converted (tests never download): a
+    skip until it is fetched, a failure where RL2F_REQUIRE_REAL_MODELS=1 (CI fetches it)."""
+    path = model_dir("smollm2")
+    if not (path / "config.json").is_file():
+        if os.environ.get("RL2F_REQUIRE_REAL_MODELS") == "1":
+            pytest.fail(f"{path} is missing: run `rl2f fetch-model smollm2` before the tests")
+        pytest.skip("run `rl2f fetch-model smollm2` first")
+    return path

@@ -14,27 +14,20 @@ import os
 import pytest
 import torch
 
-from rl2f.model.gguf import model_dir
-
 CONFIG = os.path.join(os.path.dirname(__file__), "..", "configs", "smollm2-rl2f-vllm.toml")
 
 
-def _require():
+def _require_vllm():
     if os.environ.get("RL2F_REQUIRE_VLLM") == "1":
         import vllm  # noqa: F401
     else:
         pytest.importorskip("vllm")
-    path = model_dir("smollm2")
-    if not (path / "config.json").is_file():
-        if os.environ.get("RL2F_REQUIRE_REAL_MODELS") == "1":
-            pytest.fail(f"{path} is missing: run `rl2f fetch-model smollm2` before the tests")
-        pytest.skip("run `rl2f fetch-model smollm2` first")
-    return path
 
 
 @pytest.mark.slow
-def test_rl2f_on_the_real_path(tmp_path, monkeypatch):
-    model_dir = _require()
+def test_rl2f_on_the_real_path(tmp_path, monkeypatch, smollm2_dir):
+    _require_vllm()
+    model_dir = smollm2_dir
     from click.testing import CliRunner
 
     from rl2f.cli.main import cli

@@ -141,22 +141,7 @@ def test_every_draft_leaking_gives_the_generic_hint(tok):
     assert len(fb.leak_reasons) == 2 and all(r.startswith(JUDGE_REASON) for r in fb.leak_reasons)
 
 
-def real_model_dir(name: str = "smollm2"):
-    """The checkpoint `rl2f fetch-model NAME` converted (tests never download); a skip until
-    it is fetched, a failure where RL2F_REQUIRE_REAL_MODELS=1 (CI)."""
-    import os
-
-    from rl2f.model.gguf import model_dir
-
-    path = model_dir(name)
-    if not (path / "config.json").is_file():
-        if os.environ.get("RL2F_REQUIRE_REAL_MODELS") == "1":
-            pytest.fail(f"{path} is missing: run `rl2f fetch-model {name}` before the tests")
-        pytest.skip(f"run `rl2f fetch-model {name}` first")
-    return path
-
-
-def test_real_model_teacher_and_judge():
+def test_real_model_teacher_and_judge(smollm2_dir):
     """SmolLM2 (built-in engine, adapter off) as teacher and judge on a wrong attempt: the
     teacher's feedback is text the string checks pass (or the generic hint), never the
     answer; the judge gives a verdict for every draft the strings passed, and says no to a
@@ -166,7 +151,7 @@ def test_real_model_teacher_and_judge():
     from rl2f.leak_guard import LeakGuard
     from rl2f.tasks.base import Problem
 
-    path = real_model_dir()
+    path = smollm2_dir
     engine = make_engine("builtin", model_path=str(path))
     tok = engine.tokenizer
     problem = Problem(id="p", prompt="What is 17 + 25?", answer="42")

@@ -428,7 +428,7 @@ def test_rl_training_with_vllm_truncation_is_refused():
     load_config(RunConfig, overrides=["rollout.engine=vllm", "rollout.top_p=0.9", "train.method=sft"])
 
 
-def test_real_model_in_vllm_equals_rl2f(tmp_path):
+def test_real_model_in_vllm_equals_rl2f(tmp_path, smollm2_dir):
     """SmolLM2 (`rl2f fetch-model smollm2`): greedy tokens of vLLM (fp32) equal the built-in
     engine's on rl2f's model, for the base and for an adapter rl2f trained on it (PEFT
     format, served by vLLM beside base requests); log-probs agree to 1e-3."""
@@ -437,13 +437,7 @@ def test_real_model_in_vllm_equals_rl2f(tmp_path):
 
     from rl2f.lora import apply_lora, lora_parameters, save_adapter
     from rl2f.model import load_model, load_tokenizer
-    from rl2f.model.gguf import model_dir
-
-    path = model_dir("smollm2")
-    if not (path / "config.json").is_file():
-        if os.environ.get("RL2F_REQUIRE_REAL_MODELS") == "1":
-            pytest.fail(f"{path} is missing: run `rl2f fetch-model smollm2` before the tests")
-        pytest.skip("run `rl2f fetch-model smollm2` first")
+    path = smollm2_dir
     tok = load_tokenizer(path)
     base = load_model(path).eval()
     lora = apply_lora(load_model(path), rank=8, alpha=16, seed=0)

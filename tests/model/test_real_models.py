@@ -7,7 +7,6 @@ in PEFT with equal outputs.
 Tests never download: CI runs `rl2f fetch-model smollm2` first and sets
 RL2F_REQUIRE_REAL_MODELS=1, where a missing model fails; elsewhere these tests skip until
 the model is fetched."""
-import os
 import tempfile
 import zipfile
 from pathlib import Path
@@ -15,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from rl2f.model.gguf import MODELS, cache_root, model_dir
+from rl2f.model.gguf import MODELS, cache_root
 
 TEXTS = [
     "The capital of Germany is",
@@ -25,19 +24,9 @@ TEXTS = [
 ]
 
 
-def real_model_dir(name: str = "smollm2") -> Path:
-    """The converted checkpoint in the cache (see the module docstring)."""
-    path = model_dir(name)
-    if not (path / "config.json").is_file():
-        if os.environ.get("RL2F_REQUIRE_REAL_MODELS") == "1":
-            pytest.fail(f"{path} is missing: run `rl2f fetch-model {name}` before the tests")
-        pytest.skip(f"run `rl2f fetch-model {name}` first")
-    return path
-
-
 @pytest.fixture(scope="module")
-def smollm2():
-    return real_model_dir()
+def smollm2(smollm2_dir):
+    return smollm2_dir
 
 
 @pytest.fixture(scope="module")
