@@ -41,6 +41,19 @@ def _variants(cls):
     return ["all", "hook", "kernel"] + [f"only-{g}" for g in HOLDS[cls]]
 
 
+def _attempts(success: str, catch: str = "OSError") -> str:
+    """The start of a hostile program: `attempt(what, f)` prints "<success> what" when f()
+    goes through and "refused what <error type>" when it raises `catch`."""
+    return f"""import os
+def attempt(what, f):
+    try:
+        f()
+        print("{success}", what)
+    except {catch} as e:
+        print("refused", what, type(e).__name__)
+"""
+
+
 @pytest.fixture(scope="module")
 def active_guards():
     """The kernel guards this machine allows, as the sandbox reports them."""
@@ -183,14 +196,8 @@ def test_writes_outside_the_working_directory_are_refused(layer, active_guards, 
     made = [f"/tmp/rl2f-sandbox-dir-{tag}", f"/tmp/rl2f-sandbox-sqlite-{tag}",
             f"/tmp/rl2f-sandbox-history-{tag}", f"/dev/shm/rl2f-shm-{tag}",
             f"/dev/shm/sem.rl2f-sem-{tag}"]
-    code = f"""
-import os
-def attempt(what, f):
-    try:
-        f()
-        print("WROTE", what)
-    except Exception as e:  # OSError, ImportError, sqlite3.OperationalError...
-        print("refused", what, type(e).__name__)
+    # Exception: OSError, ImportError, sqlite3.OperationalError... all count as refused
+    code = _attempts("WROTE", "Exception") + f"""
 for path in {targets!r}:
     attempt(path, lambda: open(path, "w").write("pwned"))
 attempt("mkdir", lambda: os.mkdir({made[0]!r}))
@@ -287,14 +294,7 @@ def test_metadata_of_readable_files_cannot_change(layer, active_guards):
     nothing imports) all fail, and its mode, owner and times are unchanged afterwards."""
     target = os.path.join(os.path.dirname(os.__file__), "antigravity.py")
     before = os.stat(target)
-    code = f"""
-import os
-def attempt(what, f):
-    try:
-        f()
-        print("CHANGED", what)
-    except OSError as e:
-        print("refused", what, type(e).__name__)
+    code = _attempts("CHANGED") + f"""
 path = {target!r}
 attempt("chmod", lambda: os.chmod(path, 0o600))
 attempt("chown", lambda: os.chown(path, 12345, 12345))
@@ -336,14 +336,7 @@ def test_trainer_scheduling_is_untouched(layer, active_guards):
     fail: its nice value, policy, priority and CPU affinity are the same afterwards."""
     before = _scheduling()
     me = os.getpid()
-    code = f"""
-import os
-def attempt(what, f):
-    try:
-        f()
-        print("CHANGED", what)
-    except OSError as e:
-        print("refused", what, type(e).__name__)
+    code = _attempts("CHANGED") + f"""
 # as pid 1 of its own namespace its parent is "pid 0", which these calls read as itself
 targets = [pid for pid in ({me}, os.getppid()) if pid]
 print("targets", len(targets))
@@ -373,14 +366,8 @@ def test_no_real_time_priority_negative_nice_or_host_name(layer, active_guards):
     """The student cannot give itself SCHED_FIFO / SCHED_RR or a negative nice, nor rename
     the host: afterwards its own policy and nice value are ordinary, the host name unchanged."""
     host = socket.gethostname()
-    code = """
-import os, socket
-def attempt(what, f):
-    try:
-        f()
-        print("CHANGED", what)
-    except OSError as e:
-        print("refused", what, type(e).__name__)
+    code = _attempts("CHANGED") + """
+import socket
 attempt("fifo", lambda: os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(1)))
 attempt("rr", lambda: os.sched_setscheduler(0, os.SCHED_RR, os.sched_param(1)))
 attempt("setpriority", lambda: os.setpriority(os.PRIO_PROCESS, 0, -10))
@@ -405,14 +392,8 @@ def test_other_processes_cannot_be_signalled(layer, active_guards):
     """kill, killpg and a pidfd (opened by pid or through /proc) cannot reach a process
     outside the sandbox: the victim is still alive afterwards."""
     victim = subprocess.Popen(["sleep", "30"], start_new_session=True)
-    code = f"""
-import os, signal
-def attempt(what, f):
-    try:
-        f()
-        print("SENT", what)
-    except OSError as e:
-        print("refused", what, type(e).__name__)
+    code = _attempts("SENT") + f"""
+import signal
 attempt("kill", lambda: os.kill({victim.pid}, signal.SIGKILL))
 attempt("killpg", lambda: os.killpg({victim.pid}, signal.SIGKILL))
 attempt("pidfd", lambda: signal.pidfd_send_signal(os.pidfd_open({victim.pid}), signal.SIGKILL))
