@@ -277,6 +277,7 @@ class TrainSection:
     min_lr_ratio: float = 0.1  # cosine schedule floor, as a fraction of lr
     grad_accum: int = 1  # rollout/SFT batches per optimiser step
     micro_batch: int = 8  # sequences per forward/backward
+    share_prefix: bool = True  # rows of a micro-batch that begin alike (a group's prompt) compute it once
     max_grad_norm: float = 1.0
     gamma: float = 0.7  # discount of rewards over turns (paper's companion: 0.7)
     clip_low: float = 0.2

@@ -19,6 +19,7 @@ transformers' mask functions index them, and the same rule applies during cached
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -86,6 +87,70 @@ def repeat_kv(x: torch.Tensor, n_rep: int) -> torch.Tensor:
     return x[:, :, None].expand(b, h, n_rep, s, d).reshape(b, h * n_rep, s, d)
 
 
+
+@dataclass
+class SharedPrefix:
+    """A training forward in which rows that begin with the same tokens compute them once.
+
+    GRPO's G samples of a prompt share the prompt, often most of each row: a plain padded
+    forward computes it G times, in the forward and again in the backward. Here the input is
+    one packed stream (1, N) of `G_p * P` prefix tokens (the distinct prefixes, left-padded
+    to P columns) followed by `B * T` suffix tokens (the rows' continuations, right-padded to
+    T columns). Norms, projections and MLPs run on the stream once; attention runs per part:
+    the prefixes causally among themselves, then suffix row b against its prefix's keys and
+    values (`rows[b]`) followed by its own, so gradients from every row reach the prefix.
+
+    The result equals the plain forward of the concatenated rows (up to float rounding):
+    with the prefix left-padded and the suffix after it, a token's column distance to any
+    real token equals its position distance, so the mask rule of this module (causal,
+    padding, sliding window by column) is unchanged, and positions continue from the prefix.
+    """
+
+    prefix_mask: torch.Tensor  # (G_p, P) 1 = real token (left padding)
+    suffix_mask: torch.Tensor  # (B, T) 1 = real token (right padding)
+    rows: torch.Tensor  # (B,) long: the prefix row each suffix row continues
+
+    @property
+    def n_prefix_tokens(self) -> int:
+        return self.prefix_mask.numel()
+
+    def suffix_states(self, hidden: torch.Tensor) -> torch.Tensor:
+        """(1, N, H) states of the packed stream -> (B, T, H) states of the suffix rows."""
+        B, T = self.suffix_mask.shape
+        return hidden[0, self.n_prefix_tokens:].view(B, T, hidden.shape[-1])
+
+    def positions(self) -> torch.Tensor:
+        """(1, N) position ids: from 0 in each prefix, continued by its suffix rows."""
+        prefix = (self.prefix_mask.long().cumsum(-1) - 1).clamp(min=0)  # (G_p, P)
+        suffix = self.prefix_mask[self.rows].long().sum(-1, keepdim=True) + self.suffix_mask.long().cumsum(-1) - 1
+        return torch.cat((prefix.flatten(), suffix.flatten()))[None]
+
+    def key_mask(self) -> torch.Tensor:
+        """(B, P + T) padding mask of each suffix row's keys: its prefix, then itself."""
+        return torch.cat((self.prefix_mask[self.rows], self.suffix_mask), dim=1)
+
+    def attend(self, attend, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+               masks: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        """Packed (1, H, N, D) q and (1, Hkv, N, D) k, v; `masks` = (prefix, suffix) boolean
+        masks from DecoderModel; `attend` is the layer's masked attention. -> (1, N, H * D)."""
+        (Gp, P), (B, T) = self.prefix_mask.shape, self.suffix_mask.shape
+        n = Gp * P
+
+        def split(x):  # (1, h, N, D) -> (Gp, h, P, D), (B, h, T, D)
+            h, d = x.shape[1], x.shape[3]
+            return (x[0, :, :n].reshape(h, Gp, P, d).transpose(0, 1),
+                    x[0, :, n:].reshape(h, B, T, d).transpose(0, 1))
+
+        (qp, qs), (kp, ks), (vp, vs) = split(q), split(k), split(v)
+        out_p = attend(qp, kp, vp, masks[0])  # (Gp, H, P, D)
+        ks = torch.cat((kp.index_select(0, self.rows), ks), dim=2)  # (B, Hkv, P + T, D)
+        vs = torch.cat((vp.index_select(0, self.rows), vs), dim=2)
+        out_s = attend(qs, ks, vs, masks[1])  # (B, H, T, D)
+        width = q.shape[1] * q.shape[3]
+        return torch.cat((out_p.transpose(1, 2).reshape(n, width),
+                          out_s.transpose(1, 2).reshape(B * T, width)))[None]
+
+
 class Attention(nn.Module):
     def __init__(self, cfg: ModelConfig, layer_idx: int):
         super().__init__()
@@ -108,7 +173,7 @@ class Attention(nn.Module):
             self.q_norm = self.k_norm = None
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-                mask: torch.Tensor | None, cache: KVCache | None) -> torch.Tensor:
+                mask, cache: KVCache | SharedPrefix | None) -> torch.Tensor:
         B, T, _ = x.shape
         q = self.q_proj(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, T, D)
         k = self.k_proj(x).view(B, T, self.n_kv, self.head_dim).transpose(1, 2)  # (B, Hkv, T, D)
@@ -116,6 +181,8 @@ class Attention(nn.Module):
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if isinstance(cache, SharedPrefix):  # one packed stream: prefixes once, then their rows
+            return self.o_proj(cache.attend(self._attend, q, k, v, mask))
         if cache is not None:
             k, v = cache.update(self.layer_idx, k, v)  # (B, Hkv, S, D)
             # A local layer's T queries see none of the keys before column S - T - window + 1:
@@ -124,26 +191,31 @@ class Attention(nn.Module):
             start = k.shape[2] - T - self.window + 1 if self.window is not None and mask is not None else 0
             if start > 0:
                 k, v, mask = k[:, :, start:], v[:, :, start:], mask[..., start:]
+        out = self._attend(q, k, v, mask)  # (B, H, T, D)
+        out = out.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim)
+        return self.o_proj(out)
+
+    def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """(B, H, T, D) queries against (B, Hkv, S, D) keys/values under a boolean mask
+        (None: plain causal) -> (B, H, T, D)."""
+        B, _, T, _ = q.shape
         n_rep = self.n_heads // self.n_kv
         if self.softcap is not None:
-            out = self._eager(q, repeat_kv(k, n_rep), repeat_kv(v, n_rep), mask)
-        elif mask is None:  # no padding, no cache: the fused causal kernels (flash on GPU)
+            return self._eager(q, repeat_kv(k, n_rep), repeat_kv(v, n_rep), mask)
+        if mask is None:  # no padding, no cache: the fused causal kernels (flash on GPU)
             gqa = {"enable_gqa": True} if _SDPA_GQA and n_rep > 1 else {}
             if not gqa:
                 k, v = repeat_kv(k, n_rep), repeat_kv(v, n_rep)
-            out = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=self.scale, **gqa)
-        elif T == 1 and n_rep > 1:
+            return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=self.scale, **gqa)
+        if T == 1 and n_rep > 1:
             # Cached decoding: the n_rep query heads of a KV head become n_rep query rows
             # against it (one mask row serves them all), so the cache is never expanded.
             qg = q.view(B, self.n_kv, n_rep, self.head_dim)  # (B, Hkv, n_rep, D)
             out = F.scaled_dot_product_attention(qg, k, v, attn_mask=mask, scale=self.scale)
-            out = out.view(B, self.n_heads, 1, self.head_dim)  # (B, H, 1, D)
-        else:
-            # Expanded KV + a boolean mask keeps the memory-efficient kernel usable on GPU.
-            out = F.scaled_dot_product_attention(q, repeat_kv(k, n_rep), repeat_kv(v, n_rep),
-                                                 attn_mask=mask, scale=self.scale)  # (B, H, T, D)
-        out = out.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim)
-        return self.o_proj(out)
+            return out.view(B, self.n_heads, 1, self.head_dim)  # (B, H, 1, D)
+        # Expanded KV + a boolean mask keeps the memory-efficient kernel usable on GPU.
+        return F.scaled_dot_product_attention(q, repeat_kv(k, n_rep), repeat_kv(v, n_rep),
+                                              attn_mask=mask, scale=self.scale)  # (B, H, T, D)
 
     def _eager(self, q, k, v, mask):
         """Explicit attention, needed for tanh soft-capping of the scores (Gemma 2 style)."""
@@ -217,6 +289,8 @@ class DecoderModel(nn.Module):
         return self._inv_freq[key]
 
     def forward(self, input_ids, attention_mask=None, position_ids=None, cache=None):
+        if isinstance(cache, SharedPrefix):
+            return self._forward_shared(input_ids, cache)
         cfg = self.config
         B, T = input_ids.shape
         past = cache.length if cache is not None else 0
@@ -235,6 +309,26 @@ class DecoderModel(nn.Module):
                 position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, past:]  # (B, T)
 
         masks = self._masks(attention_mask, T, past, device)
+        x = self._layers(input_ids, position_ids, masks, cache)
+        if cache is not None:
+            cache.advance(T)
+        return self.norm(x)
+
+    def _forward_shared(self, input_ids: torch.Tensor, plan: SharedPrefix) -> torch.Tensor:
+        """The packed (1, N) stream of `plan` (see SharedPrefix) -> (1, N, H) states."""
+        (Gp, P), (B, T) = plan.prefix_mask.shape, plan.suffix_mask.shape
+        if tuple(input_ids.shape) != (1, Gp * P + B * T) or tuple(plan.rows.shape) != (B,):
+            raise ValueError(f"shared-prefix stream must be (1, {Gp * P + B * T}) with {B} rows, "
+                             f"got {tuple(input_ids.shape)} and {tuple(plan.rows.shape)}")
+        device = input_ids.device
+        prefix = self._masks(plan.prefix_mask, P, 0, device)
+        suffix = self._masks(plan.key_mask(), T, P, device)
+        masks = {t: (prefix[t], suffix[t]) for t in prefix}
+        return self.norm(self._layers(input_ids, plan.positions(), masks, plan))
+
+    def _layers(self, input_ids, position_ids, masks: dict, cache) -> torch.Tensor:
+        """Embedding, RoPE tables and the decoder layers (the final norm is the caller's)."""
+        cfg, device = self.config, input_ids.device
         x = self.embed_tokens(input_ids)  # (B, T, H)
         if cfg.embed_scale is not None:
             x = x * torch.tensor(cfg.embed_scale, dtype=x.dtype, device=device)
@@ -250,9 +344,7 @@ class DecoderModel(nn.Module):
                 x = checkpoint(layer, x, cos, sin, mask, cache, use_reentrant=False)
             else:
                 x = layer(x, cos, sin, mask, cache)
-        if cache is not None:
-            cache.advance(T)
-        return self.norm(x)
+        return x
 
     def _masks(self, attention_mask, T: int, past: int, device) -> dict[str, torch.Tensor | None]:
         """Boolean (B or 1, 1, T, S) masks per layer type; None = plain causal (no cache, no padding)."""

@@ -10,7 +10,10 @@ tensor exists in training.
 Batches are length-bucketed rather than packed: the sequences of one optimiser step are
 sorted by length before they are cut into micro-batches, so a micro-batch pads little, and
 rows are right-padded with an attention mask (the model's position ids then start at 0 in
-every row).
+every row). With `share_prefix` (GRPO, `train.share_prefix`), rows of a micro-batch that
+begin with the same prompt (a group's samples) send that prompt through the model once, in
+a packed stream (`rl2f.model.SharedPrefix`): the same log-probs and gradients for fewer
+tokens, as the prompt is often most of a row.
 """
 from __future__ import annotations
 
@@ -20,6 +23,7 @@ from typing import NamedTuple, Sequence
 import torch
 
 from rl2f.kernels import linear_token_logprobs
+from rl2f.model.modeling import SharedPrefix
 from rl2f.roles import Role
 
 
@@ -54,6 +58,7 @@ class MicroBatch(NamedTuple):
     old_logprobs: torch.Tensor  # (N,) fp32 (zeros for SFT)
     teacher_pos: torch.Tensor  # (M, 2) teacher tokens (critique prediction)
     teacher_targets: torch.Tensor  # (M,)
+    shared: SharedPrefix | None = None  # set when input_ids is a packed shared-prefix stream
 
 
 def length_buckets(seqs: Sequence[TrainSequence], micro_batch: int) -> list[list[int]]:
@@ -63,38 +68,102 @@ def length_buckets(seqs: Sequence[TrainSequence], micro_batch: int) -> list[list
     return [order[i : i + micro_batch] for i in range(0, len(order), micro_batch)]
 
 
-def collate(seqs: Sequence[TrainSequence], pad_id: int, device, with_teacher: bool = True) -> MicroBatch:
-    """Right-pad the sequences into one micro-batch and list its loss positions."""
-    T = max(len(s) for s in seqs)
-    B = len(seqs)
-    ids = torch.full((B, T), pad_id, dtype=torch.long)
-    mask = torch.zeros((B, T), dtype=torch.long)
+def collate(seqs: Sequence[TrainSequence], pad_id: int, device, with_teacher: bool = True,
+            share_prefix: bool = False) -> MicroBatch:
+    """The sequences as one micro-batch with its loss positions: right-padded rows, or with
+    `share_prefix` and rows that begin alike (a GRPO group's prompt) the packed
+    shared-prefix form (see `prefix_lengths` and `rl2f.model.SharedPrefix`)."""
+    if share_prefix:
+        cut = prefix_lengths(seqs)
+        keys: dict[tuple, int] = {}
+        rows = [keys.setdefault(tuple(s.token_ids[:p]), len(keys)) for s, p in zip(seqs, cut)]
+        if min(cut) >= 1 and sum(cut) > sum(len(k) for k in keys):  # some prefix is shared
+            return _collate_shared(seqs, pad_id, device, with_teacher, cut, list(keys), rows)
+    return _collate_padded(seqs, pad_id, device, with_teacher)
+
+
+def prefix_lengths(seqs: Sequence[TrainSequence]) -> list[int]:
+    """Per row, how many leading tokens it may share with rows that begin alike: its prompt
+    (the tokens before the first student or teacher token) less the last one, whose state
+    predicts the first target and so stays with the row. Never the whole row."""
+    out = []
+    for s in seqs:
+        first = next((i for i, r in enumerate(s.roles) if r != Role.TEMPLATE or s.loss_mask[i]), len(s))
+        out.append(min(first, len(s) - 1) - 1)
+    return out
+
+
+def _targets(s: TrainSequence, with_teacher: bool):
+    """(i, is_loss, is_teacher) for each token i >= 1 that is predicted from state i - 1."""
+    has_rl = bool(s.advantages)
+    for i in range(1, len(s)):
+        loss = bool(s.loss_mask[i])
+        teacher = with_teacher and s.roles[i] == Role.TEACHER
+        if loss or teacher:
+            yield i, loss, teacher, (s.advantages[i] if has_rl and loss else 0.0), \
+                (s.old_logprobs[i] if has_rl and loss else 0.0)
+
+
+def _micro_batch(input_ids, attention_mask, rows_targets, device, shared=None) -> MicroBatch:
+    """Tensors of one micro-batch from per-row (column offset, targets) lists."""
     lpos, ltgt, adv, old, tpos, ttgt = [], [], [], [], [], []
-    for b, s in enumerate(seqs):
-        L = len(s)
-        ids[b, :L] = torch.tensor(s.token_ids, dtype=torch.long)
-        mask[b, :L] = 1
-        has_rl = bool(s.advantages)
-        for i in range(1, L):
-            if s.loss_mask[i]:
-                lpos.append((b, i - 1))
+    for b, (s, offset, targets) in enumerate(rows_targets):
+        for i, loss, teacher, a, o in targets:
+            if loss:
+                lpos.append((b, i - 1 - offset))
                 ltgt.append(s.token_ids[i])
-                adv.append(s.advantages[i] if has_rl else 0.0)
-                old.append(s.old_logprobs[i] if has_rl else 0.0)
-            if with_teacher and s.roles[i] == Role.TEACHER:
-                tpos.append((b, i - 1))
+                adv.append(a)
+                old.append(o)
+            if teacher:
+                tpos.append((b, i - 1 - offset))
                 ttgt.append(s.token_ids[i])
-    padded = bool((mask[:, :-1] == 0).any())
     return MicroBatch(
-        input_ids=ids[:, :-1].to(device),
-        attention_mask=mask[:, :-1].to(device) if padded else None,
+        input_ids=input_ids.to(device),
+        attention_mask=attention_mask.to(device) if attention_mask is not None else None,
         loss_pos=torch.tensor(lpos, dtype=torch.long).reshape(-1, 2).to(device),
         loss_targets=torch.tensor(ltgt, dtype=torch.long).to(device),
         advantages=torch.tensor(adv, dtype=torch.float32).to(device),
         old_logprobs=torch.tensor(old, dtype=torch.float32).to(device),
         teacher_pos=torch.tensor(tpos, dtype=torch.long).reshape(-1, 2).to(device),
         teacher_targets=torch.tensor(ttgt, dtype=torch.long).to(device),
+        shared=shared,
     )
+
+
+def _collate_padded(seqs, pad_id: int, device, with_teacher: bool) -> MicroBatch:
+    """Right-padded rows: row b feeds ids[:-1]; state (b, i - 1) predicts token i."""
+    T = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), T), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), T), dtype=torch.long)
+    for b, s in enumerate(seqs):
+        ids[b, :len(s)] = torch.tensor(s.token_ids, dtype=torch.long)
+        mask[b, :len(s)] = 1
+    padded = bool((mask[:, :-1] == 0).any())
+    return _micro_batch(ids[:, :-1], mask[:, :-1] if padded else None,
+                        [(s, 0, _targets(s, with_teacher)) for s in seqs], device)
+
+
+def _collate_shared(seqs, pad_id: int, device, with_teacher: bool, cut: list[int], prefixes: list[tuple],
+                    rows: list[int]) -> MicroBatch:
+    """The packed stream: the distinct prefixes left-padded to P, then each row's
+    ids[cut:-1] right-padded to T; state (b, j) of the suffix is state cut_b + j of the row."""
+    P = max(len(k) for k in prefixes)
+    T = max(len(s) - 1 - p for s, p in zip(seqs, cut))
+    prefix_ids = torch.full((len(prefixes), P), pad_id, dtype=torch.long)
+    prefix_mask = torch.zeros((len(prefixes), P), dtype=torch.long)
+    for g, k in enumerate(prefixes):
+        prefix_ids[g, P - len(k):] = torch.tensor(k, dtype=torch.long)
+        prefix_mask[g, P - len(k):] = 1
+    suffix_ids = torch.full((len(seqs), T), pad_id, dtype=torch.long)
+    suffix_mask = torch.zeros((len(seqs), T), dtype=torch.long)
+    for b, (s, p) in enumerate(zip(seqs, cut)):
+        suffix_ids[b, :len(s) - 1 - p] = torch.tensor(s.token_ids[p:-1], dtype=torch.long)
+        suffix_mask[b, :len(s) - 1 - p] = 1
+    shared = SharedPrefix(prefix_mask.to(device), suffix_mask.to(device),
+                          torch.tensor(rows, dtype=torch.long, device=device))
+    stream = torch.cat((prefix_ids.flatten(), suffix_ids.flatten()))[None]  # (1, N)
+    return _micro_batch(stream, None, [(s, p, _targets(s, with_teacher)) for s, p in zip(seqs, cut)],
+                        device, shared)
 
 
 def lm_head_args(model) -> tuple[torch.Tensor, float | None]:
@@ -114,4 +183,7 @@ def gather_logprobs(model, hidden: torch.Tensor, pos: torch.Tensor, targets: tor
 
 
 def forward_hidden(model, mb: MicroBatch) -> torch.Tensor:
+    """(B, T, H) final states of the micro-batch's rows, as `loss_pos` indexes them."""
+    if mb.shared is not None:
+        return mb.shared.suffix_states(model.hidden_states(mb.input_ids, cache=mb.shared))
     return model.hidden_states(mb.input_ids, attention_mask=mb.attention_mask)  # (B, T-1, H)

@@ -180,7 +180,8 @@ def backward(loop: Loop, batch: RolloutBatch, stats: StepStats, temperature: flo
     for i in range(n_micro):
         with loop.timer("logprob"):
             if i < len(batch.micro_batches):
-                mb = collate(batch.micro_batches[i], pad, d.device, with_teacher=t.critique_weight > 0)
+                mb = collate(batch.micro_batches[i], pad, d.device, with_teacher=t.critique_weight > 0,
+                             share_prefix=t.share_prefix)
             else:  # nothing left on this rank: a zero-loss pass keeps FSDP's collectives in step
                 mb = collate([TrainSequence([pad] * 2, [0, 0], [0, 0])], pad, d.device)
             ref = None
@@ -188,7 +189,7 @@ def backward(loop: Loop, batch: RolloutBatch, stats: StepStats, temperature: flo
                 with torch.no_grad(), adapters_disabled(model):
                     ref = gather_logprobs(model, forward_hidden(model, mb), mb.loss_pos, mb.loss_targets,
                                           temperature)  # (N,)
-            hidden = forward_hidden(model, mb)  # (B, T-1, H)
+            hidden = forward_hidden(model, mb)  # (B, T, H)
             logp = gather_logprobs(model, hidden, mb.loss_pos, mb.loss_targets, temperature)  # (N,)
             pl = grpo_loss(logp, mb.old_logprobs, ref, mb.advantages, stats.loss_tokens, t.clip_low,
                            t.clip_high, t.beta)

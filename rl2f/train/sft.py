@@ -194,7 +194,7 @@ def train_sft(cfg: RunConfig, out_dir: str | Path, resume: str | Path | None = N
         sums = NLLSums()
         for bucket in buckets[d.rank :: d.world_size]:
             with loop.timer("logprob"):
-                mb = collate([batch[i] for i in bucket], tok.pad_id, d.device)
+                mb = collate([batch[i] for i in bucket], tok.pad_id, d.device, share_prefix=t.share_prefix)
                 loss, s_sum, t_sum = micro_loss(run.model, mb, n_student, n_teacher, t.critique_weight)
             with loop.timer("backward"):
                 (loss * loop.scale).backward()

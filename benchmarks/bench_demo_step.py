@@ -1,0 +1,181 @@
+"""The demo's RL2F step, this checkout against an earlier commit, side by side.
+
+Both codes train the same RL2F run: the demo's base checkpoint (built once, by this
+checkout), the demo's RL2F settings (8 problems x 8 episodes of up to 5 turns, 8-token
+attempts, the programmatic teacher, LoRA r32, micro-batch 32, critique weight 0.05; the
+secret-number task with its default options, which both codes have), one torch thread as in
+the demo's workers. Each code runs in a fresh process from its own source tree (the earlier
+commit is unpacked with `git archive`), `--rounds` times in an order that flips each round,
+`--warmup` + `--steps` GRPO steps per run, from the same seeds.
+
+Per run (median over the measured steps): the step's wall time (the loop's own clock) and
+its phases (rollout, log-prob forward, backward, optimiser, hand-off), episodes and student
+tokens per step. Reported: each code's median and spread over rounds and `speedup`, the
+median, min and max of the per-round ratios of step time (earlier / this). For this checkout
+also the prompt tokens and prefilled tokens of each student turn (the built-in engine's
+stats), which show whether a turn re-reads the dialogue before it.
+
+    python -m benchmarks.bench_demo_step                         # against 842fa44 (issue 15's "now")
+    python -m benchmarks.bench_demo_step --base-commit HEAD~3 --rounds 5
+
+The last line of output is one JSON object; it is also written to
+benchmarks/results/demo_step-<device>.json.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+from benchmarks import harness
+
+# Keys both codes' configs have with the same meaning: the demo's RL2F stage.
+SHARED = {
+    "model": {"tiny_family": "gemma3"},
+    "task": {"name": "secret", "n_train": 4096, "n_eval": 8},
+    "rollout": {"group_size": 8, "max_turns": 5, "temperature": 1.0, "max_new_tokens": 8,
+                "teacher_max_new_tokens": 12, "teacher": "programmatic", "problems_per_batch": 8},
+    "lora": {"rank": 32, "alpha": 64.0},
+    "train": {"method": "rl2f", "lr": 5e-4, "warmup_steps": 3, "micro_batch": 32, "gamma": 0.7, "beta": 0.0,
+              "critique_weight": 0.05, "max_grad_norm": 1.0},
+}
+PHASES = ("rollout_s", "logprob_s", "backward_s", "optim_s", "handoff_s")
+
+# Run in the child, from the tree being measured. `kernels/` is installed as rl2f.kernels, so
+# a plain source tree needs a finder for it; the check below proves which tree was imported.
+CHILD = r'''
+import importlib.abc, importlib.util, json, sys, tempfile, time
+from pathlib import Path
+tree, cfg_json, steps = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+sys.path.insert(0, str(tree))
+
+class Kernels(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name == "rl2f.kernels":
+            return importlib.util.spec_from_file_location(name, tree / "kernels" / "__init__.py",
+                                                          submodule_search_locations=[str(tree / "kernels")])
+        return None
+
+sys.meta_path.insert(0, Kernels())
+import torch
+torch.set_num_threads(1)
+import rl2f, rl2f.kernels
+assert Path(rl2f.__file__).resolve().is_relative_to(tree.resolve()), rl2f.__file__
+assert Path(rl2f.kernels.__file__).resolve().is_relative_to(tree.resolve()), rl2f.kernels.__file__
+from rl2f.config import RunConfig, from_dict
+from rl2f.train.grpo import train_grpo
+
+turns = []
+try:  # this checkout's engine counts what each call prefills
+    from rl2f.engine.builtin import BuiltinEngine
+    generate = BuiltinEngine.generate
+    def counted(self, prompts, *a, **k):
+        out = generate(self, prompts, *a, **k)
+        s = getattr(self, "last_stats", None)
+        if s is not None:
+            turns.append({"prompts": len(prompts), "prompt_tokens": s.prompt_tokens, "prefill_tokens": s.prefill_tokens})
+        return out
+    BuiltinEngine.generate = counted
+except ImportError:
+    pass
+data = json.loads(cfg_json)
+data["train"]["max_steps"] = steps
+cfg = from_dict(RunConfig, data, where="bench")
+with tempfile.TemporaryDirectory() as out:
+    train_grpo(cfg, out)
+    rows = [json.loads(l) for l in (Path(out) / "metrics.jsonl").read_text().splitlines()]
+print(json.dumps({"rows": rows, "turns": turns}))
+'''
+
+
+def build_base(work: Path) -> Path:
+    """The demo's base checkpoint, as `rl2f demo` builds it (its full pretraining budget)."""
+    from rl2f.demo.base import pretrain_base
+    from rl2f.demo.pipeline import BUDGETS, demo_task
+
+    base, _ = pretrain_base(work, demo_task(), BUDGETS[False], log=lambda text: print(f"[base] {text}", flush=True))
+    return base
+
+
+def unpack(commit: str, into: Path) -> Path:
+    """The repository's tree at `commit`, as plain files."""
+    into.mkdir(parents=True)
+    archive = subprocess.run(["git", "-C", str(harness.ROOT), "archive", commit], capture_output=True, check=True)
+    subprocess.run(["tar", "-x", "-C", str(into)], input=archive.stdout, check=True)
+    return into
+
+
+def run_code(tree: Path, cfg: dict, steps: int) -> dict:
+    proc = subprocess.run([sys.executable, "-c", CHILD, str(tree), json.dumps(cfg), str(steps)],
+                          capture_output=True, text=True, cwd=tempfile.gettempdir(),
+                          env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    if proc.returncode != 0:
+        return {"error": (proc.stderr or proc.stdout)[-3000:]}
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def summarize(out: dict, warmup: int) -> dict:
+    rows = out["rows"][warmup:]
+    med = lambda key: harness.spread([r.get(key, 0.0) for r in rows])["median"]  # noqa: E731
+    res = {"step_s": harness.spread([r["tokens"] / r["tokens_per_s"] for r in rows])["median"],
+           **{p: med(p) for p in PHASES}, "episodes": 64, "student_tokens": med("student_tokens"),
+           "tokens": med("tokens"), "reward_mean": med("reward_mean"), "steps_measured": len(rows)}
+    return res
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--base-commit", default="842fa44", help="the earlier code (default: where issue 15 measured)")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--steps", type=int, default=4, help="measured steps per run")
+    ap.add_argument("--warmup", type=int, default=1)
+    ap.add_argument("--work", default=None, help="where the base checkpoint is kept (default: a temp dir)")
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args()
+    commit = subprocess.run(["git", "-C", str(harness.ROOT), "rev-parse", "--short", args.base_commit],
+                            capture_output=True, text=True, check=True).stdout.strip()
+    head = subprocess.run(["git", "-C", str(harness.ROOT), "rev-parse", "--short", "HEAD"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(args.work or tmp)
+        cfg = json.loads(json.dumps(SHARED))
+        cfg["model"]["path"] = str(build_base(work))
+        trees = {"earlier": unpack(commit, Path(tmp) / "earlier"), "this": harness.ROOT}
+        turns = {}
+
+        def one(code: str, r: int) -> dict:
+            out = run_code(trees[code], cfg, args.warmup + args.steps)
+            if "error" in out:
+                print(f"round {r + 1} {code}: error\n{out['error']}", flush=True)
+                return out
+            if out["turns"]:
+                turns[code] = out["turns"][:5]  # the first step's five student turns
+            res = summarize(out, args.warmup)
+            print(f"round {r + 1} {code}: {json.dumps(res)}", flush=True)
+            return res
+
+        runs = harness.alternate(["earlier", "this"], args.rounds, one)
+    row = {}
+    for code, rs in runs.items():
+        ok = [r for r in rs if "error" not in r]
+        row[code] = {k: harness.spread([r[k] for r in ok]) for k in ("step_s", *PHASES)} if ok else {}
+        row[code]["rounds"] = rs
+    pairs = [(a, b) for a, b in zip(runs["earlier"], runs["this"]) if "error" not in a and "error" not in b]
+    if pairs:
+        row["speedup"] = harness.spread([a["step_s"] / b["step_s"] for a, b in pairs])
+    record = harness.result("demo_step", torch.device("cpu"),
+                            codes={"earlier": commit, "this": f"{head} + working tree"},
+                            settings={**SHARED, "threads": 1, "steps": args.steps, "warmup": args.warmup,
+                                      "rounds": args.rounds},
+                            prefill_per_turn=turns.get("this"), **row)
+    harness.write_result(record, args.out or harness.RESULTS / "demo_step-cpu.json")
+
+
+if __name__ == "__main__":
+    main()
