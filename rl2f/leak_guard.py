@@ -29,6 +29,7 @@ also appears in the problem's prompt is never a leak: hints may quote the proble
 """
 from __future__ import annotations
 
+import functools
 import math
 import re
 from dataclasses import dataclass
@@ -307,91 +308,95 @@ class LeakGuard:
         if not message or not message.strip():
             return LeakCheck(False)
         forms = self._forms(problem)
-        reason = self._string_leak(message, list(earlier), problem.prompt or "", forms) if forms else None
+        reason = _string_leak(message, tuple(earlier), problem.prompt or "", tuple(forms)) if forms else None
         if reason:
             return LeakCheck(True, reason)
         if self.judge is not None and self.judge(message, problem):
             return LeakCheck(True, "judge: the message reveals the answer")
         return LeakCheck(False)
 
-    def _string_leak(self, message: str, earlier: list[str], prompt: str, forms: list[str]) -> str | None:
-        values = {v for v in (numeric_value(f) for f in forms) if v is not None}
-        symbolic = [f for f in forms if numeric_value(f) is None]
-        in_prompt = {v for v, _ in _numbers(prompt)} | {v for v, _, _ in _word_numbers(prompt)}
-        abs_prompt = {abs(v) for v in in_prompt}
 
-        # 1-2. numbers by value, in digits or in words
-        if values:
-            abs_values = {abs(v) for v in values}
-            found = [(v, lit, True) for v, lit in _numbers(message)] + _word_numbers(message)
-            for v, lit, stated in found:
-                if stated and ((v in values and v not in in_prompt) or (abs(v) in abs_values and abs(v) not in abs_prompt)):
-                    return f"answer value appears as {lit!r}"
-            for v in values:
-                if v.denominator == 1:
-                    continue
-                for d, k, lit in _decimals(message):
-                    if _significant(lit) >= 2 and round(v, k) == d and d not in in_prompt:
-                        return f"the answer rounded appears as {lit!r}"
+@functools.lru_cache(maxsize=8192)
+def _string_leak(message: str, earlier: tuple[str, ...], prompt: str, forms: tuple[str, ...]) -> str | None:
+    """The string checks: a pure function of its arguments, cached because a programmatic
+    teacher sends the same few messages thousands of times a run."""
+    values = {v for v in (numeric_value(f) for f in forms) if v is not None}
+    symbolic = [f for f in forms if numeric_value(f) is None]
+    in_prompt = {v for v, _ in _numbers(prompt)} | {v for v, _, _ in _word_numbers(prompt)}
+    abs_prompt = {abs(v) for v in in_prompt}
 
-        # 3. non-numeric forms as normalised text
-        cmsg, cprompt = _compact(message), _compact(prompt)
-        lmsg = message.lower()
-        for f in symbolic:
-            cf = _compact(f)
-            if not cf or cf in cprompt:
+    # 1-2. numbers by value, in digits or in words
+    if values:
+        abs_values = {abs(v) for v in values}
+        found = [(v, lit, True) for v, lit in _numbers(message)] + _word_numbers(message)
+        for v, lit, stated in found:
+            if stated and ((v in values and v not in in_prompt) or (abs(v) in abs_values and abs(v) not in abs_prompt)):
+                return f"answer value appears as {lit!r}"
+        for v in values:
+            if v.denominator == 1:
                 continue
-            if re.fullmatch(r"[a-z]+", cf):
-                if len(cf) <= 3:
-                    pat = (r"(?:answer|solution|result|option|choice)\s*(?:is|:|=|should be|would be)?\s*\(?"
-                           + re.escape(cf) + r"\)?(?![a-z0-9])|\(" + re.escape(cf) + r"\)")
-                    if re.search(pat, lmsg):
-                        return f"answer {f!r} stated"
-                elif re.search(r"(?<![a-z0-9])" + re.escape(cf) + r"(?![a-z0-9])", lmsg) or cf in cmsg.replace(",", ""):
-                    return f"answer form {f!r} appears"
-                continue
-            for m in re.finditer(re.escape(cf), cmsg):
-                before = cmsg[m.start() - 1] if m.start() else ""
-                after = cmsg[m.end()] if m.end() < len(cmsg) else ""
-                if cf[0].isdigit() and before.isdigit() or cf[-1].isdigit() and after.isdigit():
-                    continue
+            for d, k, lit in _decimals(message):
+                if _significant(lit) >= 2 and round(v, k) == d and d not in in_prompt:
+                    return f"the answer rounded appears as {lit!r}"
+
+    # 3. non-numeric forms as normalised text
+    cmsg, cprompt = _compact(message), _compact(prompt)
+    lmsg = message.lower()
+    for f in symbolic:
+        cf = _compact(f)
+        if not cf or cf in cprompt:
+            continue
+        if re.fullmatch(r"[a-z]+", cf):
+            if len(cf) <= 3:
+                pat = (r"(?:answer|solution|result|option|choice)\s*(?:is|:|=|should be|would be)?\s*\(?"
+                       + re.escape(cf) + r"\)?(?![a-z0-9])|\(" + re.escape(cf) + r"\)")
+                if re.search(pat, lmsg):
+                    return f"answer {f!r} stated"
+            elif re.search(r"(?<![a-z0-9])" + re.escape(cf) + r"(?![a-z0-9])", lmsg) or cf in cmsg.replace(",", ""):
                 return f"answer form {f!r} appears"
-
-        # 4. spelled out one character at a time
-        spelled_msg, spelled_prompt = _digits_as_numerals(message), _digits_as_numerals(prompt)
-        integers = {abs(v.numerator) for v in values if v.denominator == 1 and abs(v) not in abs_prompt}
-        keys = {str(n) for n in integers if n >= 10}
-        keys |= {c for c in (_compact(f) for f in symbolic) if re.fullmatch(r"[a-z0-9]{3,}", c)}
-        for key in keys:
-            pat = _spelled(key)
-            if pat.search(spelled_msg) and not pat.search(spelled_prompt):
-                return f"answer {key!r} spelled out one character at a time"
-        wmsg, wprompt = _wordy(message), _wordy(prompt)
-        for n in integers:
-            words = number_words(n) if n < 10**12 else ""
-            if n >= 10 and f" {words} " in wmsg and f" {words} " not in wprompt:
-                return f"answer in words ({words!r})"
-
-        # 5. digit by digit, over the episode's teacher messages so far
-        new_facts = _digit_facts(message)
-        if new_facts:
-            facts = new_facts.union(*(_digit_facts(m) for m in earlier))
-            for n in integers:
-                if n >= 10 and _covers(facts, str(n)):
-                    return f"the digits of {n} are named one by one" + (" across turns" if not _covers(new_facts, str(n)) else "")
-
-        # 6. symbolic answers, through the math engine
-        for f in symbolic:
-            if not re.search(r"\\[A-Za-z]|\d", f) or _compact(f) in cprompt:
+            continue
+        for m in re.finditer(re.escape(cf), cmsg):
+            before = cmsg[m.start() - 1] if m.start() else ""
+            after = cmsg[m.end()] if m.end() < len(cmsg) else ""
+            if cf[0].isdigit() and before.isdigit() or cf[-1].isdigit() and after.isdigit():
                 continue
-            for formula in _formulas(message):
-                if _compact(formula) not in cprompt and is_equivalent(formula, f, math=True):
-                    return f"{formula!r} is equivalent to the answer {f!r}"
-            decimals = [(d, k, lit) for d, k, lit in _decimals(message) if _significant(lit) >= 3 and d not in in_prompt]
-            value = numeric_approx(f) if decimals else None
-            if value is not None and math.isfinite(value):
-                for d, k, lit in decimals:
-                    scale = 10**k
-                    if float(d) in (round(value, k), math.trunc(value * scale) / scale):
-                        return f"the value of {f!r} appears as {lit!r}"
-        return None
+            return f"answer form {f!r} appears"
+
+    # 4. spelled out one character at a time
+    spelled_msg, spelled_prompt = _digits_as_numerals(message), _digits_as_numerals(prompt)
+    integers = {abs(v.numerator) for v in values if v.denominator == 1 and abs(v) not in abs_prompt}
+    keys = {str(n) for n in integers if n >= 10}
+    keys |= {c for c in (_compact(f) for f in symbolic) if re.fullmatch(r"[a-z0-9]{3,}", c)}
+    for key in keys:
+        pat = _spelled(key)
+        if pat.search(spelled_msg) and not pat.search(spelled_prompt):
+            return f"answer {key!r} spelled out one character at a time"
+    wmsg, wprompt = _wordy(message), _wordy(prompt)
+    for n in integers:
+        words = number_words(n) if n < 10**12 else ""
+        if n >= 10 and f" {words} " in wmsg and f" {words} " not in wprompt:
+            return f"answer in words ({words!r})"
+
+    # 5. digit by digit, over the episode's teacher messages so far
+    new_facts = _digit_facts(message)
+    if new_facts:
+        facts = new_facts.union(*(_digit_facts(m) for m in earlier))
+        for n in integers:
+            if n >= 10 and _covers(facts, str(n)):
+                return f"the digits of {n} are named one by one" + (" across turns" if not _covers(new_facts, str(n)) else "")
+
+    # 6. symbolic answers, through the math engine
+    for f in symbolic:
+        if not re.search(r"\\[A-Za-z]|\d", f) or _compact(f) in cprompt:
+            continue
+        for formula in _formulas(message):
+            if _compact(formula) not in cprompt and is_equivalent(formula, f, math=True):
+                return f"{formula!r} is equivalent to the answer {f!r}"
+        decimals = [(d, k, lit) for d, k, lit in _decimals(message) if _significant(lit) >= 3 and d not in in_prompt]
+        value = numeric_approx(f) if decimals else None
+        if value is not None and math.isfinite(value):
+            for d, k, lit in decimals:
+                scale = 10**k
+                if float(d) in (round(value, k), math.trunc(value * scale) / scale):
+                    return f"the value of {f!r} appears as {lit!r}"
+    return None

@@ -50,7 +50,6 @@ from typing import Any, Sequence
 import torch
 
 from rl2f.engine.sampling import (
-    mix32,
     request_seed,
     sample_step,
     stream_key,
@@ -253,7 +252,6 @@ class BuiltinEngine:
         self.compact_fraction = compact_fraction
         self.adapter_on = True  # False after set_adapter(None): student requests run the base
         self._next_request_id = 0
-        self._vocab_hash: torch.Tensor | None = None
         cfg = model.config
         per_token = 2 * cfg.num_hidden_layers * cfg.num_key_value_heads * cfg.head_dim * model.dtype.itemsize
         self.prefix_cache = PrefixCache(prefix_cache_bytes, per_token) if prefix_cache_bytes > 0 else None
@@ -429,8 +427,6 @@ class BuiltinEngine:
         # per-row sampling settings
         sps = [params[u.req] for _, u, _ in row_units]
         V = logits.shape[-1]
-        if self._vocab_hash is None or self._vocab_hash.numel() != V or self._vocab_hash.device != dev:
-            self._vocab_hash = mix32(torch.arange(V, dtype=torch.int64, device=dev))
         temperature = torch.tensor([sp.temperature for sp in sps], dtype=torch.float32, device=dev)
         keys = torch.tensor([stream_key(seeds[u.req], s) for _, u, s in row_units], device=dev)
         truncate = any(sp.top_k is not None or sp.top_p < 1.0 for sp in sps)
@@ -456,7 +452,7 @@ class BuiltinEngine:
         starts = [Tp - plen[i] for i, _, _ in row_units]  # first column of each batch row
 
         for t in range(max_new):
-            tok, lp = sample_step(logits, temperature, keys, t, self._vocab_hash, top_k, top_p, all_greedy)
+            tok, lp = sample_step(logits, temperature, keys, t, top_k, top_p, all_greedy)
             out_tokens[active, t] = tok
             out_lp[active, t] = lp
             hit_stop = (tok.unsqueeze(1) == stop_table).any(-1)  # (B',)

@@ -1,12 +1,13 @@
 """Sampling utilities of the built-in engine: counter-based noise, top-k / top-p truncation,
 one sampling step, and stop-string matching.
 
-Noise is counter-based (like Philox): the uniform for (request seed, sample index, decode
-step, token id) is a pure function of those four integers, computed with an integer hash on
-the device. So a seeded request draws the same noise whichever batch it lands in and on any
-device, and sampling needs no per-request generator object or host synchronisation.
-Tokens are drawn with the Gumbel-max trick: argmax(logits / T + Gumbel) over the kept tokens
-samples exactly from softmax(logits / T) restricted to them.
+Noise is counter-based (like Philox): the uniform of (request seed, sample index, decode
+step) is a pure function of those integers, computed with an integer hash on the device. So
+a seeded request draws the same tokens whichever batch it lands in and on any device, and
+sampling needs no per-request generator object or host synchronisation. A token is drawn by
+inverting the row's CDF at that uniform (float64 cumulative sums, 48-bit uniforms): an exact
+draw from softmax(logits / T) restricted to the kept tokens, with one random number per row
+rather than one per vocabulary entry (the Gumbel-max trick needs V).
 """
 from __future__ import annotations
 
@@ -52,15 +53,14 @@ def stream_key(seed: int, sample_index: int) -> int:
     return mix32(k ^ (sample_index & _M32) ^ 0x9E3779B9)
 
 
-def uniform_noise(keys: torch.Tensor, step: int, vocab_hash: torch.Tensor) -> torch.Tensor:
-    """Uniforms in (0, 1), one per (row, token): a function of (keys[row], step, token) only.
+def row_uniform(keys: torch.Tensor, step: int) -> torch.Tensor:
+    """(B,) float64 uniforms in (0, 1), one per row: a function of (keys[row], step) only.
 
-    keys: (B,) int64 stream keys; vocab_hash: (V,) int64, `mix32(arange(V))`.
-    """
-    step_key = mix32(keys ^ mix32((step * 0x632BE5AB + 0x6A09E667) & _M32))  # (B,)
-    h = mix32(vocab_hash.unsqueeze(0) ^ step_key.unsqueeze(1))  # (B, V)
-    # 24 bits fill a float32 mantissa exactly; +0.5 keeps u off 0 and 1 so log(-log u) is finite
-    return ((h >> 8).to(torch.float32) + 0.5) * (1.0 / (1 << 24))  # (B, V)
+    Two 24-bit draws make 48 bits, so the CDF inversion resolves probabilities far below
+    those a 262k vocabulary gives its rarest tokens."""
+    high = mix32(keys ^ mix32((step * 0x632BE5AB + 0x6A09E667) & _M32))  # (B,)
+    low = mix32(high ^ 0x5BD1E995)
+    return ((high >> 8).to(torch.float64) * float(1 << 24) + (low >> 8).to(torch.float64) + 0.5) / float(1 << 48)
 
 
 def truncation_mask(scaled: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor) -> torch.Tensor:
@@ -86,7 +86,6 @@ def sample_step(
     temperature: torch.Tensor,
     keys: torch.Tensor,
     step: int,
-    vocab_hash: torch.Tensor,
     top_k: torch.Tensor | None = None,
     top_p: torch.Tensor | None = None,
     all_greedy: bool = False,
@@ -101,16 +100,20 @@ def sample_step(
     logits = logits.float()
     greedy_row = temperature == 0  # (B,)
     scaled = logits / torch.where(greedy_row, 1.0, temperature).unsqueeze(1)  # (B, V)
+    lse = torch.logsumexp(scaled, dim=-1)  # (B,)
     if all_greedy:
         tokens = logits.argmax(dim=-1)  # (B,)
     else:
-        u = uniform_noise(keys, step, vocab_hash)  # (B, V)
-        score = scaled - torch.log(-torch.log(u))  # (B, V) Gumbel-perturbed
+        probs = torch.exp(scaled - lse.unsqueeze(1))  # (B, V)
         if top_k is not None:
-            score = score.masked_fill(~truncation_mask(scaled, top_k, top_p), float("-inf"))
-        tokens = torch.where(greedy_row, logits.argmax(dim=-1), score.argmax(dim=-1))  # (B,)
+            probs = probs.masked_fill(~truncation_mask(scaled, top_k, top_p), 0.0)
+        cdf = probs.to(torch.float64).cumsum(dim=-1)  # (B, V)
+        # the first token whose CDF passes u * (kept mass): a zero-probability token never is
+        target = (row_uniform(keys, step) * cdf[:, -1]).unsqueeze(1)  # (B, 1)
+        drawn = torch.searchsorted(cdf, target, right=True).squeeze(1).clamp_(max=scaled.shape[-1] - 1)
+        tokens = torch.where(greedy_row, logits.argmax(dim=-1), drawn)  # (B,)
     picked = scaled.gather(1, tokens.unsqueeze(1)).squeeze(1)  # (B,)
-    return tokens, picked - torch.logsumexp(scaled, dim=-1)
+    return tokens, picked - lse
 
 
 # --- stop strings ---------------------------------------------------------------------------

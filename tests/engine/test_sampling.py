@@ -11,8 +11,8 @@ from rl2f.engine.sampling import (
     stream_key,
     tail_has_stop,
     truncate_at_stop,
+    row_uniform,
     truncation_mask,
-    uniform_noise,
 )
 from rl2f.engine.types import SamplingParams
 from rl2f.errors import UserError
@@ -30,10 +30,6 @@ def _lowbias32_numpy(x: np.ndarray) -> np.ndarray:
     return x
 
 
-def _vocab_hash(V):
-    return mix32(torch.arange(V, dtype=torch.int64))
-
-
 def test_mix32_matches_uint32_reference():
     """The int64 emulation of the 32-bit hash equals native uint32 arithmetic, on tensors and
     on Python ints, including values with the top bit set."""
@@ -44,27 +40,27 @@ def test_mix32_matches_uint32_reference():
     assert [mix32(int(v)) for v in x] == ref.astype(np.int64).tolist()
 
 
-def test_noise_depends_only_on_key_step_token():
-    """A row's uniforms are the same whatever other rows share the batch (batch-composition
-    independence of seeded sampling), and change with the step and the key."""
-    vh = _vocab_hash(50)
+def test_noise_depends_only_on_key_and_step():
+    """A row's uniform is the same whatever other rows share the batch (batch-composition
+    independence of seeded sampling), and changes with the step and the key."""
     keys = torch.tensor([stream_key(7, 0), stream_key(7, 1), stream_key(8, 0)])
-    full = uniform_noise(keys, 3, vh)
-    alone = uniform_noise(keys[1:2], 3, vh)
-    assert torch.equal(full[1:2], alone)
-    assert not torch.equal(full[0], full[1]) and not torch.equal(full[0], full[2])
-    assert not torch.equal(uniform_noise(keys, 4, vh), full)
+    full = row_uniform(keys, 3)
+    assert torch.equal(full[1:2], row_uniform(keys[1:2], 3))
+    assert len(set(full.tolist())) == 3
+    assert not torch.equal(row_uniform(keys, 4), full)
 
 
 def test_noise_is_uniform():
-    """Mean, variance and decile counts of the noise match U(0, 1)."""
-    keys = torch.tensor([stream_key(s, 0) for s in range(64)])
-    u = torch.cat([uniform_noise(keys, step, _vocab_hash(1000)) for step in range(4)]).flatten()
-    assert 0 < u.min() and u.max() < 1
+    """Mean, variance and decile counts of the noise match U(0, 1); its resolution is finer
+    than float32's 24 bits."""
+    keys = torch.tensor([stream_key(s, i) for s in range(64) for i in range(64)])
+    u = torch.cat([row_uniform(keys, step) for step in range(16)])
+    assert u.dtype == torch.float64 and 0 < u.min() and u.max() < 1
     assert abs(u.mean().item() - 0.5) < 0.005
     assert abs(u.var().item() - 1 / 12) < 0.002
     counts = torch.histc(u, bins=10, min=0, max=1)
     assert (counts / u.numel() - 0.1).abs().max() < 0.005
+    assert ((u * 2**24) % 1 != 0.5).float().mean() > 0.99  # the low 24 bits are used
 
 
 def test_request_seed_mixes_the_prompt():
@@ -82,11 +78,11 @@ def _sample_many(logits_row, temperature, n_rows=20000, top_k=None, top_p=None):
     temp = torch.full((n_rows,), temperature)
     tk = None if top_k is None else torch.full((n_rows,), top_k)
     tp = None if top_p is None else torch.full((n_rows,), top_p)
-    return sample_step(logits, temp, keys, 0, _vocab_hash(V), tk, tp)
+    return sample_step(logits, temp, keys, 0, tk, tp)
 
 
 def test_sampling_frequencies_match_softmax():
-    """Gumbel-max sampling draws tokens with frequency softmax(logits / T), and returns
+    """Sampling draws tokens with frequency softmax(logits / T), and returns
     log_softmax(logits / T) of the drawn token."""
     torch.manual_seed(0)
     logits = torch.randn(8) * 2
@@ -141,12 +137,12 @@ def test_greedy_rows_and_mixed_batch():
     logits = torch.randn(4, 10)
     keys = torch.tensor([stream_key(0, i) for i in range(4)])
     temp = torch.tensor([0.0, 1.0, 0.0, 1.0])
-    tok, lp = sample_step(logits, temp, keys, 5, _vocab_hash(10))
+    tok, lp = sample_step(logits, temp, keys, 5)
     assert tok[0] == logits[0].argmax() and tok[2] == logits[2].argmax()
     assert torch.allclose(lp[0], torch.log_softmax(logits[0], -1)[tok[0]])
-    tok_s, _ = sample_step(logits[[1, 3]], temp[[1, 3]], keys[[1, 3]], 5, _vocab_hash(10))
+    tok_s, _ = sample_step(logits[[1, 3]], temp[[1, 3]], keys[[1, 3]], 5)
     assert torch.equal(tok_s, tok[[1, 3]])
-    tok_g, _ = sample_step(logits, torch.zeros(4), keys, 5, _vocab_hash(10), all_greedy=True)
+    tok_g, _ = sample_step(logits, torch.zeros(4), keys, 5, all_greedy=True)
     assert torch.equal(tok_g, logits.argmax(-1))
 
 
