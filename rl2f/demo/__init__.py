@@ -7,8 +7,8 @@
    the retry message.
 2. Per training seed (3 by default, in parallel worker processes), three LoRA arms from that
    base (rl2f/demo/pipeline.py): SFT on the base's solved dialogues with the teacher, RL2F
-   (GRPO on multi-turn episodes with the teacher, with the critique-prediction term), RLVR
-   (single-turn GRPO, token-matched to RL2F).
+   (GRPO on multi-turn episodes with the teacher), RLVR (single-turn GRPO, token-matched to
+   RL2F).
 3. Evaluation of base, SFT, RLVR and RL2F per seed (`rl2f.eval.play_models`): T turns of
    sampling at temperature 1 with the teacher, with the placebo teacher, with retry, pass@K,
    and for base and RL2F self-correction (verifier-gated and oracle-free), on fresh draws

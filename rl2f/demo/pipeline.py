@@ -31,7 +31,6 @@ SELF_CORRECT = ("base", "rl2f")
 PRIOR = 0.3  # secrets weighted exp(-0.3 x first digit): single-turn RL can lift turn 1 from ~0.21 to 0.35
 TRANSFER_SUMS = (6, 13)  # digit sums no arm trains on: their numbers never appear in any training dialogue
 TRAIN_SUMS = tuple(s for s in range(1, 19) if s not in TRANSFER_SUMS)
-SFT_LR = 1e-3  # the SFT arm's 40 steps at the GRPO arms' 5e-4 would underfit the baseline
 TRANSFER_TITLES = {"secret_unseen_sums": f"digit sums {', '.join(map(str, TRANSFER_SUMS))}, never seen",
                    "secret_reversed_prior": "the prior over secrets reversed"}
 
@@ -61,12 +60,12 @@ rank = 32
 alpha = 64.0
 
 [train]
-lr = 5e-4                     # GRPO: 5e-3 wrecked the tiny model; 1e-3 dipped at its peak (RL2F acc@5 0.57 vs 0.66)
-warmup_steps = 3
+lr = 1e-3                     # all arms; GRPO's training acc@5 at 330 steps (seed 0): 0.73 at 1e-3, 0.70 at 5e-4
+warmup_steps = 20             # 3 steps to 1e-3 dipped (acc@5 0.49 -> 0.41 over the first 60 steps)
 micro_batch = 32
 gamma = 0.7
 beta = 0.0
-critique_weight = 0.05
+critique_weight = 0.0         # a critique cannot know the secret; the term slowed RL2F (training acc@5 0.59 vs 0.66, 220 steps)
 max_grad_norm = 1.0
 
 [eval]
@@ -76,7 +75,7 @@ bootstrap = 1000
 """
 
 BUDGETS = {
-    False: dict(sft_dialogues=2000, pretrain_steps=300, pretrain_batch=32, pretrain_lr=5e-3, rl2f_steps=220,
+    False: dict(sft_dialogues=2000, pretrain_steps=300, pretrain_batch=32, pretrain_lr=5e-3, rl2f_steps=280,
                 sft_problems=384, sft_steps=40, n_eval=192, n_transfer=64),
     True: dict(sft_dialogues=64, pretrain_steps=30, pretrain_batch=8, pretrain_lr=3e-3, rl2f_steps=2,
                sft_problems=32, sft_steps=2, n_eval=8, n_transfer=4),
@@ -171,8 +170,7 @@ def run_seed(seed: int, out_dir: str, base_path: str, quick: bool) -> dict:
     # --- SFT: the base's own solved dialogues with the teacher (the paper's SFT baseline)
     done = stage("sft", f"{b['sft_steps']} LoRA steps on the base's solved dialogues of {b['sft_problems']} problems")
     sft_cfg = _with(cfg, task={"n_train": b["sft_problems"]}, rollout={"group_size": 4},
-                    train={"method": "sft", "max_steps": b["sft_steps"], "sft_epochs": 3, "critique_weight": 0.0,
-                           "lr": SFT_LR})
+                    train={"method": "sft", "max_steps": b["sft_steps"], "sft_epochs": 3, "critique_weight": 0.0})
     sft_metrics = train(sft_cfg, out / "sft")
     sft = find_checkpoint(out / "sft") / "adapter"
     done()
