@@ -2,7 +2,7 @@
 
 Both codes train the same RL2F run: the demo's base checkpoint (built once, by this
 checkout), the demo's RL2F settings (8 problems x 8 episodes of up to 5 turns, 8-token
-attempts, the programmatic teacher, LoRA r32, micro-batch 32, critique weight 0.05; the
+attempts, the programmatic teacher, LoRA r32, micro-batch 32, no critique term; the
 secret-number task with its default options, which both codes have), one torch thread as in
 the demo's workers. Each code runs in a fresh process from its own source tree (the earlier
 commit is unpacked with `git archive`), `--rounds` times in an order that flips each round,
@@ -10,8 +10,9 @@ commit is unpacked with `git archive`), `--rounds` times in an order that flips 
 
 Per run (median over the measured steps): the step's wall time (the loop's own clock) and
 its phases (rollout, log-prob forward, backward, optimiser, hand-off), episodes and student
-tokens per step. Reported: each code's median and spread over rounds and `speedup`, the
-median, min and max of the per-round ratios of step time (earlier / this). For this checkout
+tokens per step. Reported: each code's median and spread over rounds, `speedup`, the median,
+min and max of the per-round ratios of step time (earlier / this), and `speedup_per_token`,
+the same for tokens per second (the codes can sample different episodes, of other lengths). For this checkout
 also the prompt tokens and prefilled tokens of each student turn (the built-in engine's
 stats), which show whether a turn re-reads the dialogue before it.
 
@@ -42,8 +43,8 @@ SHARED = {
     "rollout": {"group_size": 8, "max_turns": 5, "temperature": 1.0, "max_new_tokens": 8,
                 "teacher_max_new_tokens": 12, "teacher": "programmatic", "problems_per_batch": 8},
     "lora": {"rank": 32, "alpha": 64.0},
-    "train": {"method": "rl2f", "lr": 5e-4, "warmup_steps": 3, "micro_batch": 32, "gamma": 0.7, "beta": 0.0,
-              "critique_weight": 0.05, "max_grad_norm": 1.0},
+    "train": {"method": "rl2f", "lr": 1e-3, "warmup_steps": 20, "micro_batch": 32, "gamma": 0.7, "beta": 0.0,
+              "critique_weight": 0.0, "max_grad_norm": 1.0},
 }
 PHASES = ("rollout_s", "logprob_s", "backward_s", "optim_s", "handoff_s")
 
@@ -124,6 +125,7 @@ def summarize(out: dict, warmup: int) -> dict:
     rows = out["rows"][warmup:]
     med = lambda key: harness.spread([r.get(key, 0.0) for r in rows])["median"]  # noqa: E731
     res = {"step_s": harness.spread([r["tokens"] / r["tokens_per_s"] for r in rows])["median"],
+           "tokens_per_s": harness.spread([r["tokens_per_s"] for r in rows])["median"],
            **{p: med(p) for p in PHASES}, "episodes": 64, "student_tokens": med("student_tokens"),
            "tokens": med("tokens"), "reward_mean": med("reward_mean"), "steps_measured": len(rows)}
     return res
@@ -164,11 +166,13 @@ def main() -> None:
     row = {}
     for code, rs in runs.items():
         ok = [r for r in rs if "error" not in r]
-        row[code] = {k: harness.spread([r[k] for r in ok]) for k in ("step_s", *PHASES)} if ok else {}
+        row[code] = {k: harness.spread([r[k] for r in ok]) for k in ("step_s", "tokens_per_s", *PHASES)} if ok else {}
         row[code]["rounds"] = rs
     pairs = [(a, b) for a, b in zip(runs["earlier"], runs["this"]) if "error" not in a and "error" not in b]
     if pairs:
         row["speedup"] = harness.spread([a["step_s"] / b["step_s"] for a, b in pairs])
+        # the two codes may sample different episodes (the sampler changed): per token too
+        row["speedup_per_token"] = harness.spread([b["tokens_per_s"] / a["tokens_per_s"] for a, b in pairs])
     record = harness.result("demo_step", torch.device("cpu"),
                             codes={"earlier": commit, "this": f"{head} + working tree"},
                             settings={**SHARED, "threads": 1, "steps": args.steps, "warmup": args.warmup,
