@@ -10,10 +10,10 @@ tensor exists in training.
 Batches are length-bucketed rather than packed: the sequences of one optimiser step are
 sorted by length before they are cut into micro-batches, so a micro-batch pads little, and
 rows are right-padded with an attention mask (the model's position ids then start at 0 in
-every row). With `share_prefix` (GRPO, `train.share_prefix`), rows of a micro-batch that
-begin with the same prompt (a group's samples) send that prompt through the model once, in
-a packed stream (`rl2f.model.SharedPrefix`): the same log-probs and gradients for fewer
-tokens, as the prompt is often most of a row.
+every row). With `share_prefix` (GRPO and SFT: `train.share_prefix`), rows of a
+micro-batch that begin with the same prompt (a group's samples) send that prompt through the
+model once, in a packed stream (`rl2f.model.SharedPrefix`): the same log-probs and gradients
+for fewer tokens, as the prompt is often most of a row.
 """
 from __future__ import annotations
 
@@ -94,7 +94,8 @@ def prefix_lengths(seqs: Sequence[TrainSequence]) -> list[int]:
 
 
 def _targets(s: TrainSequence, with_teacher: bool):
-    """(i, is_loss, is_teacher) for each token i >= 1 that is predicted from state i - 1."""
+    """(i, in the main loss, a teacher token, advantage, sampling log-prob) for each token
+    i >= 1 that carries a target; it is predicted from state i - 1."""
     has_rl = bool(s.advantages)
     for i in range(1, len(s)):
         loss = bool(s.loss_mask[i])
@@ -105,7 +106,7 @@ def _targets(s: TrainSequence, with_teacher: bool):
 
 
 def _micro_batch(input_ids, attention_mask, rows_targets, device, shared=None) -> MicroBatch:
-    """Tensors of one micro-batch from per-row (column offset, targets) lists."""
+    """Tensors of one micro-batch from (sequence, column offset of its row, its targets) per row."""
     lpos, ltgt, adv, old, tpos, ttgt = [], [], [], [], [], []
     for b, (s, offset, targets) in enumerate(rows_targets):
         for i, loss, teacher, a, o in targets:
