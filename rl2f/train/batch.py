@@ -46,6 +46,19 @@ class TrainSequence:
     def n_teacher(self) -> int:
         return sum(r == Role.TEACHER for r in self.roles[1:])
 
+    def through_last_target(self, with_teacher: bool) -> "TrainSequence":
+        """The sequence cut after its last target (a main-loss token, or with `with_teacher` a
+        teacher token): in a causal model no later token changes an earlier log-prob, so the
+        loss and its gradients are the same for fewer tokens (RL drops whole turns, often the
+        last ones, when their cell has no reward variance)."""
+        last = max((i for i in range(1, len(self)) if self.loss_mask[i]
+                    or (with_teacher and self.roles[i] == Role.TEACHER)), default=len(self) - 1)
+        if last == len(self) - 1:
+            return self
+        n = last + 1
+        return TrainSequence(self.token_ids[:n], self.roles[:n], self.loss_mask[:n], self.advantages[:n],
+                             self.old_logprobs[:n])
+
 
 class MicroBatch(NamedTuple):
     """One forward/backward. Positions index the (B, T - 1) hidden states."""

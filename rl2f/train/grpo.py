@@ -113,7 +113,8 @@ def episode_sequences(episodes: list[Episode], cfg: RunConfig, max_turns: int) -
             if ga.zero_variance and t.drop_zero_variance:
                 keep = [False] * len(keep)
             tok_adv, mask = token_targets(e.token_roles, e.token_turns, adv, keep)
-            seq = TrainSequence(list(e.token_ids), list(e.token_roles), mask, tok_adv, list(e.sampling_logprobs))
+            seq = TrainSequence(list(e.token_ids), list(e.token_roles), mask, tok_adv,
+                                list(e.sampling_logprobs)).through_last_target(t.critique_weight > 0)
             rewards = [turn.reward for turn in e.turns]
             s.episodes += 1
             s.context_full += e.context_full
@@ -126,7 +127,7 @@ def episode_sequences(episodes: list[Episode], cfg: RunConfig, max_turns: int) -
             student = [i for i, r in enumerate(e.token_roles) if r == Role.STUDENT]
             s.student_tokens += len(student)
             s.sampling_lp_sum += sum(e.sampling_logprobs[i] for i in student)
-            s.tokens += len(seq)
+            s.tokens += len(e.token_ids)
             if seq.n_loss or (t.critique_weight > 0 and seq.n_teacher):
                 seqs.append(seq)
                 s.loss_tokens += seq.n_loss

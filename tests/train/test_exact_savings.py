@@ -1,8 +1,13 @@
-"""The shared-prefix training forward (rl2f.model.SharedPrefix via collate(share_prefix=True))
-against the plain right-padded forward of the same rows: same log-probs and same LoRA
-gradients, for every decoder family's features (sliding windows crossing the prefix boundary,
-GQA, q/k norms, soft-capped attention), with prompts of different lengths in one micro-batch,
-rows of different lengths, a row alone with its prompt, and gradient checkpointing."""
+"""The training forward's two exact savings against the plain computation of the same rows:
+same log-probs and same LoRA gradients for fewer tokens.
+
+1. The shared-prefix forward (rl2f.model.SharedPrefix via collate(share_prefix=True)) against
+   the plain right-padded forward, for every decoder family's features (sliding windows
+   crossing the prefix boundary, GQA, q/k norms, soft-capped attention), with prompts of
+   different lengths in one micro-batch, rows of different lengths, a row alone with its
+   prompt, and gradient checkpointing.
+2. Rows cut after their last target (TrainSequence.through_last_target: RL drops whole turns,
+   often the last ones) against the whole rows."""
 from __future__ import annotations
 
 import random
@@ -102,3 +107,42 @@ def test_rows_that_share_nothing_stay_padded():
     seqs = [TrainSequence([rng.randrange(VOCAB) for _ in range(8)], [0] * 5 + [1] * 3, [0] * 5 + [1] * 3)
             for _ in range(3)]
     assert collate(seqs, 0, "cpu", share_prefix=True).shared is None
+
+
+def test_through_last_target_hand_computed():
+    s = TrainSequence([1, 2, 3, 4, 5, 6, 7, 8, 9], [0, 0, 1, 1, 2, 2, 1, 1, 1], [0, 0, 1, 1, 0, 0, 0, 0, 0],
+                      [0.5] * 9, [-1.0] * 9)
+    cut = s.through_last_target(with_teacher=False)
+    assert cut.token_ids == [1, 2, 3, 4] and cut.loss_mask == [0, 0, 1, 1] and len(cut.advantages) == 4
+    assert s.through_last_target(with_teacher=True).token_ids == [1, 2, 3, 4, 5, 6]  # the teacher turn is a target
+    whole = TrainSequence([1, 2, 3], [0, 1, 1], [0, 1, 1])
+    assert whole.through_last_target(False) is whole
+
+
+@pytest.mark.parametrize("with_teacher", [False, True])
+def test_rows_cut_after_their_last_target_train_alike(with_teacher):
+    model = model_with_adapter("gemma3")
+    seqs = dialogues(seed=5)
+    # drop the last student turn of every row from the loss (a zero-variance cell)
+    for s in seqs:
+        last = max(i for i, r in enumerate(s.roles) if r == Role.TEACHER) if Role.TEACHER in s.roles else 0
+        s.loss_mask[last + 1:] = [0] * (len(s) - last - 1)
+    seqs = [s for s in seqs if sum(s.loss_mask)]
+    cut = [s.through_last_target(with_teacher) for s in seqs]
+    assert sum(map(len, cut)) < sum(map(len, seqs))
+
+    def run(rows):
+        model.zero_grad(set_to_none=True)
+        mb = collate(rows, pad_id=0, device="cpu", with_teacher=with_teacher)
+        hidden = forward_hidden(model, mb)
+        lp = gather_logprobs(model, hidden, mb.loss_pos, mb.loss_targets)
+        tlp = gather_logprobs(model, hidden, mb.teacher_pos, mb.teacher_targets)
+        ((lp * mb.advantages).sum() + 0.3 * tlp.sum()).backward()
+        return lp.detach(), tlp.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+
+    lp0, tlp0, g0 = run(seqs)
+    lp1, tlp1, g1 = run(cut)
+    torch.testing.assert_close(lp1, lp0, atol=2e-5, rtol=0)
+    torch.testing.assert_close(tlp1, tlp0, atol=2e-5, rtol=0)
+    for name in g0:
+        torch.testing.assert_close(g1[name], g0[name], atol=2e-5, rtol=1e-4, msg=name)
