@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -123,12 +124,12 @@ def run_code(tree: Path, cfg: dict, steps: int) -> dict:
 
 def summarize(out: dict, warmup: int) -> dict:
     rows = out["rows"][warmup:]
-    med = lambda key: harness.spread([r.get(key, 0.0) for r in rows])["median"]  # noqa: E731
-    res = {"step_s": harness.spread([r["tokens"] / r["tokens_per_s"] for r in rows])["median"],
-           "tokens_per_s": harness.spread([r["tokens_per_s"] for r in rows])["median"],
-           **{p: med(p) for p in PHASES}, "episodes": 64, "student_tokens": med("student_tokens"),
-           "tokens": med("tokens"), "reward_mean": med("reward_mean"), "steps_measured": len(rows)}
-    return res
+    med = lambda key: statistics.median(r.get(key, 0.0) for r in rows)  # noqa: E731
+    rollout = SHARED["rollout"]
+    return {"step_s": statistics.median(r["tokens"] / r["tokens_per_s"] for r in rows), "tokens_per_s": med("tokens_per_s"),
+            **{p: med(p) for p in PHASES}, "episodes": rollout["problems_per_batch"] * rollout["group_size"],
+            "student_tokens": med("student_tokens"), "tokens": med("tokens"), "reward_mean": med("reward_mean"),
+            "steps_measured": len(rows)}
 
 
 def main() -> None:

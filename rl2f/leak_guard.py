@@ -318,8 +318,9 @@ class LeakGuard:
 
 @functools.lru_cache(maxsize=8192)
 def _string_leak(message: str, earlier: tuple[str, ...], prompt: str, forms: tuple[str, ...]) -> str | None:
-    """The string checks: a pure function of its arguments, cached because a programmatic
-    teacher sends the same few messages thousands of times a run."""
+    """The string checks, cached because a programmatic teacher sends the same few messages
+    thousands of times a run. A function of its arguments only; the one exception, a
+    math-verify timeout in step 6, is then remembered as "not equivalent" for the run."""
     values = {v for v in (numeric_value(f) for f in forms) if v is not None}
     symbolic = [f for f in forms if numeric_value(f) is None]
     in_prompt = {v for v, _ in _numbers(prompt)} | {v for v, _, _ in _word_numbers(prompt)}

@@ -87,7 +87,6 @@ def repeat_kv(x: torch.Tensor, n_rep: int) -> torch.Tensor:
     return x[:, :, None].expand(b, h, n_rep, s, d).reshape(b, h * n_rep, s, d)
 
 
-
 @dataclass
 class SharedPrefix:
     """A training forward in which rows that begin with the same tokens compute them once.
@@ -119,10 +118,12 @@ class SharedPrefix:
         B, T = self.suffix_mask.shape
         return hidden[0, self.n_prefix_tokens:].view(B, T, hidden.shape[-1])
 
-    def positions(self) -> torch.Tensor:
-        """(1, N) position ids: from 0 in each prefix, continued by its suffix rows."""
+    def positions(self, key_mask: torch.Tensor) -> torch.Tensor:
+        """(1, N) position ids by the module's rule for padded rows (real tokens counted from
+        0), applied to each prefix and to each suffix row after its prefix (`key_mask`)."""
+        P = self.prefix_mask.shape[1]
         prefix = (self.prefix_mask.long().cumsum(-1) - 1).clamp(min=0)  # (G_p, P)
-        suffix = self.prefix_mask[self.rows].long().sum(-1, keepdim=True) + self.suffix_mask.long().cumsum(-1) - 1
+        suffix = (key_mask.long().cumsum(-1) - 1).clamp(min=0)[:, P:]  # (B, T)
         return torch.cat((prefix.flatten(), suffix.flatten()))[None]
 
     def key_mask(self) -> torch.Tensor:
@@ -173,7 +174,8 @@ class Attention(nn.Module):
             self.q_norm = self.k_norm = None
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-                mask, cache: KVCache | SharedPrefix | None) -> torch.Tensor:
+                mask: torch.Tensor | tuple[torch.Tensor, torch.Tensor] | None,
+                cache: KVCache | SharedPrefix | None) -> torch.Tensor:
         B, T, _ = x.shape
         q = self.q_proj(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, T, D)
         k = self.k_proj(x).view(B, T, self.n_kv, self.head_dim).transpose(1, 2)  # (B, Hkv, T, D)
@@ -321,13 +323,14 @@ class DecoderModel(nn.Module):
             raise ValueError(f"shared-prefix stream must be (1, {Gp * P + B * T}) with {B} rows, "
                              f"got {tuple(input_ids.shape)} and {tuple(plan.rows.shape)}")
         device = input_ids.device
+        keys = plan.key_mask()  # (B, P + T)
         prefix = self._masks(plan.prefix_mask, P, 0, device)
-        suffix = self._masks(plan.key_mask(), T, P, device)
+        suffix = self._masks(keys, T, P, device)
         masks = {t: (prefix[t], suffix[t]) for t in prefix}
-        return self.norm(self._layers(input_ids, plan.positions(), masks, plan))
+        return self.norm(self._layers(input_ids, plan.positions(keys), masks, plan))
 
     def _layers(self, input_ids, position_ids, masks: dict, cache) -> torch.Tensor:
-        """Embedding, RoPE tables and the decoder layers (the final norm is the caller's)."""
+        """Embedding, RoPE and the decoder layers (the final norm is the caller's)."""
         cfg, device = self.config, input_ids.device
         x = self.embed_tokens(input_ids)  # (B, T, H)
         if cfg.embed_scale is not None:
