@@ -19,7 +19,7 @@ transformers' mask functions index them, and the same rule applies during cached
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -89,34 +89,55 @@ def repeat_kv(x: torch.Tensor, n_rep: int) -> torch.Tensor:
 
 @dataclass
 class SharedPrefix:
-    """A training forward in which rows that begin with the same tokens compute them once.
+    """A training forward in which rows that begin with the same tokens compute them once,
+    and no padding token is computed at all.
 
     GRPO's G samples of a prompt share the prompt, often most of each row: a plain padded
-    forward computes it G times, in the forward and again in the backward. Here the input is
-    one packed stream (1, N) of `G_p * P` prefix tokens (the distinct prefixes, left-padded
-    to P columns) followed by `B * T` suffix tokens (the rows' continuations, right-padded to
-    T columns). Norms, projections and MLPs run on the stream once; attention runs per part:
-    the prefixes causally among themselves, then suffix row b against its prefix's keys and
-    values (`rows[b]`) followed by its own, so gradients from every row reach the prefix.
+    forward computes it G times, in the forward and again in the backward. Here the rows are
+    laid out as `G_p * P` prefix slots (the distinct prefixes, left-padded to P columns)
+    followed by `B * T` suffix slots (the rows' continuations, right-padded to T columns),
+    and the input is one packed stream (1, N) of the real tokens of that layout, in its
+    order (`real`: their slots). Norms, projections and MLPs, most of the work, run on the
+    stream once; only attention sees the padded layout: q, k, v are scattered into it, the
+    prefixes attend causally among themselves, then suffix row b attends to its prefix's keys
+    and values (`rows[b]`) followed by its own, so gradients from every row reach the prefix;
+    the outputs of the real slots are gathered back into the stream. (Right padding in a
+    micro-batch of dialogues is a third of its slots and more: rows solved early are short.)
 
     The result equals the plain forward of the concatenated rows (up to float rounding):
     with the prefix left-padded and the suffix after it, a token's column distance to any
     real token equals its position distance, so the mask rule of this module (causal,
     padding, sliding window by column) is unchanged, and positions continue from the prefix.
+    Padded slots hold zeros; their outputs are never gathered, so they get no gradient.
     """
 
     prefix_mask: torch.Tensor  # (G_p, P) 1 = real token (left padding)
     suffix_mask: torch.Tensor  # (B, T) 1 = real token (right padding)
     rows: torch.Tensor  # (B,) long: the prefix row each suffix row continues
+    real: torch.Tensor = field(init=False)  # (N,) long: the layout slot of each stream token
+
+    def __post_init__(self):
+        self.real = torch.cat((self.prefix_mask.flatten(), self.suffix_mask.flatten())).nonzero().squeeze(1)
 
     @property
-    def n_prefix_tokens(self) -> int:
-        return self.prefix_mask.numel()
+    def n_tokens(self) -> int:
+        """N, the stream's length: the real tokens of the layout."""
+        return self.real.numel()
+
+    @property
+    def n_slots(self) -> int:
+        return self.prefix_mask.numel() + self.suffix_mask.numel()
+
+    def layout(self, stream: torch.Tensor, dim: int) -> torch.Tensor:
+        """The stream's N entries along `dim` scattered into the layout's slots (zeros elsewhere)."""
+        shape = list(stream.shape)
+        shape[dim] = self.n_slots
+        return stream.new_zeros(shape).index_copy(dim, self.real, stream)
 
     def suffix_states(self, hidden: torch.Tensor) -> torch.Tensor:
-        """(1, N, H) states of the packed stream -> (B, T, H) states of the suffix rows."""
+        """(1, N, H) states of the stream -> (B, T, H) states of the suffix rows."""
         B, T = self.suffix_mask.shape
-        return hidden[0, self.n_prefix_tokens:].view(B, T, hidden.shape[-1])
+        return self.layout(hidden[0], 0)[self.prefix_mask.numel():].view(B, T, hidden.shape[-1])
 
     def positions(self, key_mask: torch.Tensor) -> torch.Tensor:
         """(1, N) position ids by the module's rule for padded rows (real tokens counted from
@@ -124,7 +145,7 @@ class SharedPrefix:
         P = self.prefix_mask.shape[1]
         prefix = (self.prefix_mask.long().cumsum(-1) - 1).clamp(min=0)  # (G_p, P)
         suffix = (key_mask.long().cumsum(-1) - 1).clamp(min=0)[:, P:]  # (B, T)
-        return torch.cat((prefix.flatten(), suffix.flatten()))[None]
+        return torch.cat((prefix.flatten(), suffix.flatten()))[self.real][None]
 
     def key_mask(self) -> torch.Tensor:
         """(B, P + T) padding mask of each suffix row's keys: its prefix, then itself."""
@@ -132,15 +153,16 @@ class SharedPrefix:
 
     def attend(self, attend, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                masks: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-        """Packed (1, H, N, D) q and (1, Hkv, N, D) k, v; `masks` = (prefix, suffix) boolean
+        """Stream (1, H, N, D) q and (1, Hkv, N, D) k, v; `masks` = (prefix, suffix) boolean
         masks from DecoderModel; `attend` is the layer's masked attention. -> (1, N, H * D)."""
         (Gp, P), (B, T) = self.prefix_mask.shape, self.suffix_mask.shape
         n = Gp * P
 
-        def split(x):  # (1, h, N, D) -> (Gp, h, P, D), (B, h, T, D)
-            h, d = x.shape[1], x.shape[3]
-            return (x[0, :, :n].reshape(h, Gp, P, d).transpose(0, 1),
-                    x[0, :, n:].reshape(h, B, T, d).transpose(0, 1))
+        def split(x):  # (1, h, N, D) -> (Gp, h, P, D), (B, h, T, D) in the padded layout
+            x = self.layout(x[0], 1)  # (h, slots, D)
+            h, d = x.shape[0], x.shape[2]
+            return (x[:, :n].reshape(h, Gp, P, d).transpose(0, 1),
+                    x[:, n:].reshape(h, B, T, d).transpose(0, 1))
 
         (qp, qs), (kp, ks), (vp, vs) = split(q), split(k), split(v)
         out_p = attend(qp, kp, vp, masks[0])  # (Gp, H, P, D)
@@ -148,8 +170,8 @@ class SharedPrefix:
         vs = torch.cat((vp.index_select(0, self.rows), vs), dim=2)
         out_s = attend(qs, ks, vs, masks[1])  # (B, H, T, D)
         width = q.shape[1] * q.shape[3]
-        return torch.cat((out_p.transpose(1, 2).reshape(n, width),
-                          out_s.transpose(1, 2).reshape(B * T, width)))[None]
+        out = torch.cat((out_p.transpose(1, 2).reshape(n, width), out_s.transpose(1, 2).reshape(B * T, width)))
+        return out.index_select(0, self.real)[None]  # (1, N, H * D)
 
 
 class Attention(nn.Module):
@@ -318,9 +340,9 @@ class DecoderModel(nn.Module):
 
     def _forward_shared(self, input_ids: torch.Tensor, plan: SharedPrefix) -> torch.Tensor:
         """The packed (1, N) stream of `plan` (see SharedPrefix) -> (1, N, H) states."""
-        (Gp, P), (B, T) = plan.prefix_mask.shape, plan.suffix_mask.shape
-        if tuple(input_ids.shape) != (1, Gp * P + B * T) or tuple(plan.rows.shape) != (B,):
-            raise ValueError(f"shared-prefix stream must be (1, {Gp * P + B * T}) with {B} rows, "
+        (_, P), (B, T) = plan.prefix_mask.shape, plan.suffix_mask.shape
+        if tuple(input_ids.shape) != (1, plan.n_tokens) or tuple(plan.rows.shape) != (B,):
+            raise ValueError(f"shared-prefix stream must be (1, {plan.n_tokens}) with {B} rows, "
                              f"got {tuple(input_ids.shape)} and {tuple(plan.rows.shape)}")
         device = input_ids.device
         keys = plan.key_mask()  # (B, P + T)

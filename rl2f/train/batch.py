@@ -159,8 +159,9 @@ def _collate_padded(seqs, pad_id: int, device, with_teacher: bool) -> MicroBatch
 
 def _collate_shared(seqs, pad_id: int, device, with_teacher: bool, cut: list[int], prefixes: list[tuple],
                     rows: list[int]) -> MicroBatch:
-    """The packed stream: the distinct prefixes left-padded to P, then each row's
-    ids[cut:-1] right-padded to T; state (b, j) of the suffix is state cut_b + j of the row."""
+    """The packed stream: the real tokens of the distinct prefixes (left-padded to P in the
+    layout), then of each row's ids[cut:-1] (right-padded to T); suffix state (b, j) of the
+    layout is state cut_b + j of the row."""
     P = max(len(k) for k in prefixes)
     T = max(len(s) - 1 - p for s, p in zip(seqs, cut))
     prefix_ids = torch.full((len(prefixes), P), pad_id, dtype=torch.long)
@@ -175,7 +176,7 @@ def _collate_shared(seqs, pad_id: int, device, with_teacher: bool, cut: list[int
         suffix_mask[b, :len(s) - 1 - p] = 1
     shared = SharedPrefix(prefix_mask.to(device), suffix_mask.to(device),
                           torch.tensor(rows, dtype=torch.long, device=device))
-    stream = torch.cat((prefix_ids.flatten(), suffix_ids.flatten()))[None]  # (1, N)
+    stream = torch.cat((prefix_ids.flatten(), suffix_ids.flatten())).to(device)[shared.real][None]  # (1, N) real tokens
     return _micro_batch(stream, None, [(s, p, _targets(s, with_teacher)) for s, p in zip(seqs, cut)],
                         device, shared)
 

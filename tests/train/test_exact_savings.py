@@ -83,8 +83,11 @@ def test_shared_prefix_equals_padded_forward(family, checkpointing):
     seqs = dialogues()
     lp0, tlp0, g0, plain = logprobs_and_grads(model, seqs, share=False)
     lp1, tlp1, g1, packed = logprobs_and_grads(model, seqs, share=True)
-    # the packed stream holds each prompt once: fewer tokens than the padded batch
-    assert packed.input_ids.numel() < plain.input_ids.numel()
+    # the packed stream holds each prompt once, and no padding: every token it holds is real
+    cut = prefix_lengths(seqs)
+    prompts = {tuple(s.token_ids[:p]) for s, p in zip(seqs, cut)}
+    assert packed.input_ids.numel() == sum(map(len, prompts)) + sum(len(s) - 1 - p for s, p in zip(seqs, cut))
+    assert packed.input_ids.numel() < int(plain.attention_mask.sum())
     assert packed.shared.prefix_mask.shape[0] == 3
     assert torch.equal(packed.loss_targets, plain.loss_targets)
     torch.testing.assert_close(lp1, lp0, atol=2e-5, rtol=0)
