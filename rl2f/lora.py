@@ -99,17 +99,28 @@ class LoRALinear(nn.Module):
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
                 f"rank={self.rank}, scale={self.scale:g}, merged={self.merged}")
 
+    def _rank_states(self, x: torch.Tensor) -> torch.Tensor:
+        """scale * x @ A^T (..., r), in the adapter dtype (fp32 by default, as PEFT's
+        autocast_adapter_dtype). The scale goes on these r columns, not on the out columns
+        of the update: one pass over a small tensor instead of a large one."""
+        return F.linear(x.to(self.lora_A.dtype), self.lora_A) * self.scale
+
     def _update(self, x: torch.Tensor) -> torch.Tensor:
-        # Adapter maths in the adapter dtype (fp32 by default, as PEFT's autocast_adapter_dtype).
-        h = x.to(self.lora_A.dtype) @ self.lora_A.t()  # (..., r)
-        return (h @ self.lora_B.t() * self.scale).to(x.dtype)  # (..., out)
+        return F.linear(self._rank_states(x), self.lora_B).to(x.dtype)  # (..., out)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = F.linear(x, self.weight, self.bias)  # (..., out)
         if self.merged:
             # Disabled while merged: take the update back out (exact only up to rounding).
             return y if self.enabled else y - self._update(x)
-        return y + self._update(self.dropout(x)) if self.enabled else y
+        if not self.enabled:
+            return y
+        h = self._rank_states(self.dropout(x))  # (..., r)
+        if h.dtype != y.dtype:  # a bf16/fp16 base: the update is rounded to it, then added
+            return y + F.linear(h, self.lora_B).to(y.dtype)
+        # y + h @ B^T inside the GEMM: no separate pass to add the update (nor in backward)
+        return torch.addmm(y.reshape(-1, self.out_features), h.reshape(-1, h.shape[-1]),
+                           self.lora_B.t()).view(y.shape)
 
     def delta_weight(self) -> torch.Tensor:
         """scale * B @ A in fp32: the update as a dense (out, in) matrix."""

@@ -237,6 +237,10 @@ class Attention(nn.Module):
             qg = q.view(B, self.n_kv, n_rep, self.head_dim)  # (B, Hkv, n_rep, D)
             out = F.scaled_dot_product_attention(qg, k, v, attn_mask=mask, scale=self.scale)
             return out.view(B, self.n_heads, 1, self.head_dim)  # (B, H, 1, D)
+        if _SDPA_GQA and n_rep > 1 and q.device.type == "cpu":
+            # The CPU flash kernel takes grouped KV heads with a mask as they are: no expanded
+            # copy of K/V in the forward, nor of their gradients in the backward (~20% faster).
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self.scale, enable_gqa=True)
         # Expanded KV + a boolean mask keeps the memory-efficient kernel usable on GPU.
         return F.scaled_dot_product_attention(q, repeat_kv(k, n_rep), repeat_kv(v, n_rep),
                                               attn_mask=mask, scale=self.scale)  # (B, H, T, D)
