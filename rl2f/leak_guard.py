@@ -34,7 +34,7 @@ import math
 import re
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import Callable, Sequence
+from typing import Callable, NamedTuple, Sequence
 
 from rl2f.tasks.answers import is_equivalent, numeric_approx, numeric_value
 from rl2f.tasks.base import Problem, Task
@@ -316,15 +316,41 @@ class LeakGuard:
         return LeakCheck(False)
 
 
-@functools.lru_cache(maxsize=8192)
+class _Answer(NamedTuple):
+    """What the string checks need of a problem: its answer forms and its prompt, parsed once."""
+
+    values: frozenset  # numeric forms, as Fractions
+    symbolic: tuple[str, ...]  # the other forms
+    integers: frozenset  # |integer answers| that the prompt does not state
+    in_prompt: frozenset  # numbers the prompt states (digits or words)
+    abs_prompt: frozenset
+    cprompt: str  # the prompt, compacted
+    spelled_prompt: str
+    wprompt: str
+
+
+@functools.lru_cache(maxsize=1024)
+def _answer(prompt: str, forms: tuple[str, ...]) -> _Answer:
+    values = frozenset(v for v in (numeric_value(f) for f in forms) if v is not None)
+    in_prompt = frozenset({v for v, _ in _numbers(prompt)} | {v for v, _, _ in _word_numbers(prompt)})
+    abs_prompt = frozenset(abs(v) for v in in_prompt)
+    return _Answer(values, tuple(f for f in forms if numeric_value(f) is None),
+                   frozenset(abs(v.numerator) for v in values if v.denominator == 1 and abs(v) not in abs_prompt),
+                   in_prompt, abs_prompt, _compact(prompt), _digits_as_numerals(prompt), _wordy(prompt))
+
+
 def _string_leak(message: str, earlier: tuple[str, ...], prompt: str, forms: tuple[str, ...]) -> str | None:
-    """The string checks, cached because a programmatic teacher sends the same few messages
-    thousands of times a run. A function of its arguments only; the one exception, a
-    math-verify timeout in step 6, is then remembered as "not equivalent" for the run."""
-    values = {v for v in (numeric_value(f) for f in forms) if v is not None}
-    symbolic = [f for f in forms if numeric_value(f) is None]
-    in_prompt = {v for v, _ in _numbers(prompt)} | {v for v, _, _ in _word_numbers(prompt)}
-    abs_prompt = {abs(v) for v in in_prompt}
+    """The string checks in order; the first that fires gives the reason. Only the
+    digit-by-digit check reads `earlier`, so the others are cached per (message, problem): a
+    programmatic teacher sends the same few messages thousands of times a run."""
+    a = _answer(prompt, forms)
+    return _message_leak(message, a) or _digits_named(message, earlier, a) or _symbolic_leak(message, a)
+
+
+@functools.lru_cache(maxsize=8192)
+def _message_leak(message: str, a: _Answer) -> str | None:
+    """Checks 1-4: the answer by value, as text, or spelled out, in this message."""
+    values, symbolic, in_prompt, abs_prompt = a.values, a.symbolic, a.in_prompt, a.abs_prompt
 
     # 1-2. numbers by value, in digits or in words
     if values:
@@ -341,7 +367,7 @@ def _string_leak(message: str, earlier: tuple[str, ...], prompt: str, forms: tup
                     return f"the answer rounded appears as {lit!r}"
 
     # 3. non-numeric forms as normalised text
-    cmsg, cprompt = _compact(message), _compact(prompt)
+    cmsg, cprompt = _compact(message), a.cprompt
     lmsg = message.lower()
     for f in symbolic:
         cf = _compact(f)
@@ -364,36 +390,45 @@ def _string_leak(message: str, earlier: tuple[str, ...], prompt: str, forms: tup
             return f"answer form {f!r} appears"
 
     # 4. spelled out one character at a time
-    spelled_msg, spelled_prompt = _digits_as_numerals(message), _digits_as_numerals(prompt)
-    integers = {abs(v.numerator) for v in values if v.denominator == 1 and abs(v) not in abs_prompt}
-    keys = {str(n) for n in integers if n >= 10}
+    spelled_msg = _digits_as_numerals(message)
+    keys = {str(n) for n in a.integers if n >= 10}
     keys |= {c for c in (_compact(f) for f in symbolic) if re.fullmatch(r"[a-z0-9]{3,}", c)}
     for key in keys:
         pat = _spelled(key)
-        if pat.search(spelled_msg) and not pat.search(spelled_prompt):
+        if pat.search(spelled_msg) and not pat.search(a.spelled_prompt):
             return f"answer {key!r} spelled out one character at a time"
-    wmsg, wprompt = _wordy(message), _wordy(prompt)
-    for n in integers:
+    wmsg = _wordy(message)
+    for n in a.integers:
         words = number_words(n) if n < 10**12 else ""
-        if n >= 10 and f" {words} " in wmsg and f" {words} " not in wprompt:
+        if n >= 10 and f" {words} " in wmsg and f" {words} " not in a.wprompt:
             return f"answer in words ({words!r})"
+    return None
 
-    # 5. digit by digit, over the episode's teacher messages so far
+
+def _digits_named(message: str, earlier: tuple[str, ...], a: _Answer) -> str | None:
+    """Check 5: the digits of an integer answer named one by one, over the episode's teacher
+    messages so far."""
     new_facts = _digit_facts(message)
     if new_facts:
         facts = new_facts.union(*(_digit_facts(m) for m in earlier))
-        for n in integers:
+        for n in a.integers:
             if n >= 10 and _covers(facts, str(n)):
                 return f"the digits of {n} are named one by one" + (" across turns" if not _covers(new_facts, str(n)) else "")
+    return None
 
-    # 6. symbolic answers, through the math engine
-    for f in symbolic:
-        if not re.search(r"\\[A-Za-z]|\d", f) or _compact(f) in cprompt:
+
+@functools.lru_cache(maxsize=8192)
+def _symbolic_leak(message: str, a: _Answer) -> str | None:
+    """Check 6: symbolic answers, through the math engine. (A math-verify timeout is then
+    remembered as "not equivalent" for the run: the cache is the one exception to these
+    checks being functions of their arguments.)"""
+    for f in a.symbolic:
+        if not re.search(r"\\[A-Za-z]|\d", f) or _compact(f) in a.cprompt:
             continue
         for formula in _formulas(message):
-            if _compact(formula) not in cprompt and is_equivalent(formula, f, math=True):
+            if _compact(formula) not in a.cprompt and is_equivalent(formula, f, math=True):
                 return f"{formula!r} is equivalent to the answer {f!r}"
-        decimals = [(d, k, lit) for d, k, lit in _decimals(message) if _significant(lit) >= 3 and d not in in_prompt]
+        decimals = [(d, k, lit) for d, k, lit in _decimals(message) if _significant(lit) >= 3 and d not in a.in_prompt]
         value = numeric_approx(f) if decimals else None
         if value is not None and math.isfinite(value):
             for d, k, lit in decimals:

@@ -432,7 +432,7 @@ class BuiltinEngine:
         truncate = any(sp.top_k is not None or sp.top_p < 1.0 for sp in sps)
         top_k = torch.tensor([V if sp.top_k is None else sp.top_k for sp in sps], device=dev) if truncate else None
         top_p = torch.tensor([sp.top_p for sp in sps], dtype=torch.float32, device=dev) if truncate else None
-        all_greedy = all(sp.greedy for sp in sps)
+        all_greedy, any_greedy = all(sp.greedy for sp in sps), any(sp.greedy for sp in sps)
         base_stop = list(getattr(self.tokenizer, "stop_ids", None) or [])
         stop_sets = [list(dict.fromkeys([*base_stop, *sp.stop_token_ids])) for sp in sps]
         width = max(1, max(len(s) for s in stop_sets))
@@ -452,7 +452,7 @@ class BuiltinEngine:
         starts = [Tp - plen[i] for i, _, _ in row_units]  # first column of each batch row
 
         for t in range(max_new):
-            tok, lp = sample_step(logits, temperature, keys, t, top_k, top_p, all_greedy)
+            tok, lp = sample_step(logits, temperature, keys, t, top_k, top_p, all_greedy, any_greedy)
             out_tokens[active, t] = tok
             out_lp[active, t] = lp
             hit_stop = (tok.unsqueeze(1) == stop_table).any(-1)  # (B',)

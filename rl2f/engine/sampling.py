@@ -89,31 +89,33 @@ def sample_step(
     top_k: torch.Tensor | None = None,
     top_p: torch.Tensor | None = None,
     all_greedy: bool = False,
+    any_greedy: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Pick one token per row; return (tokens (B,), logprobs (B,)).
 
     logits: (B, V) any float dtype; temperature: (B,) float32 with 0 = greedy for that row;
-    top_k / top_p: (B,) or None when no row truncates (skips the vocabulary sort).
+    top_k / top_p: (B,) or None when no row truncates (skips the vocabulary sort);
+    all_greedy / any_greedy: whether every / some row is greedy (False skips the argmax).
     The log-prob is log_softmax(logits / T) at the token over the full vocabulary (T = 1 for
     greedy rows), i.e. before truncation: what the trainer recomputes.
     """
     logits = logits.float()
     greedy_row = temperature == 0  # (B,)
     scaled = logits / torch.where(greedy_row, 1.0, temperature).unsqueeze(1)  # (B, V)
-    lse = torch.logsumexp(scaled, dim=-1)  # (B,)
+    logp = torch.log_softmax(scaled, dim=-1)  # (B, V)
     if all_greedy:
         tokens = logits.argmax(dim=-1)  # (B,)
     else:
-        probs = torch.exp(scaled - lse.unsqueeze(1))  # (B, V)
+        probs = logp.exp()  # (B, V)
         if top_k is not None:
             probs = probs.masked_fill(~truncation_mask(scaled, top_k, top_p), 0.0)
-        cdf = probs.to(torch.float64).cumsum(dim=-1)  # (B, V)
+        cdf = probs.cumsum(dim=-1, dtype=torch.float64)  # (B, V)
         # the first token whose CDF passes u * (kept mass): a zero-probability token never is
         target = (row_uniform(keys, step) * cdf[:, -1]).unsqueeze(1)  # (B, 1)
-        drawn = torch.searchsorted(cdf, target, right=True).squeeze(1).clamp_(max=scaled.shape[-1] - 1)
-        tokens = torch.where(greedy_row, logits.argmax(dim=-1), drawn)  # (B,)
-    picked = scaled.gather(1, tokens.unsqueeze(1)).squeeze(1)  # (B,)
-    return tokens, picked - lse
+        tokens = torch.searchsorted(cdf, target, right=True).squeeze(1).clamp_(max=scaled.shape[-1] - 1)  # (B,)
+        if any_greedy:
+            tokens = torch.where(greedy_row, logits.argmax(dim=-1), tokens)
+    return tokens, logp.gather(1, tokens.unsqueeze(1)).squeeze(1)
 
 
 # --- stop strings ---------------------------------------------------------------------------
