@@ -13,7 +13,7 @@ CHECKS = {"acc_at_T_vs_base", "acc_at_T_vs_sft", "acc_at_T_vs_rlvr", "content_ef
 
 
 def test_demo_quick_writes_the_full_report(tmp_path, monkeypatch):
-    """The quick demo builds and trains its base, trains SFT, RLVR and RL2F for two seeds, and
+    """The quick demo builds and trains a base per seed, trains SFT, RLVR and RL2F for two seeds, and
     writes report.json with every contract field for every arm and control, consistent with
     itself (pass@K per seed, averaged; the claim's checks read off the paired contrasts), the
     transfer rows, report.md and the plots; RLVR got RL2F's generation budget."""
@@ -21,9 +21,13 @@ def test_demo_quick_writes_the_full_report(tmp_path, monkeypatch):
     out = tmp_path / "demo"
     result = CliRunner().invoke(cli, ["demo", "--quick", "--seeds", "0,1", "--jobs", "1", "--out", str(out)])
     assert result.exit_code == 0, result.output
-    for stage in ("stage 1/3", "stage 2/3", "stage 3/3", "[seed 0] sft:", "[seed 1] rlvr:", "[seed 1] transfer:"):
+    for stage in ("stage 1/2", "stage 2/2", "[seed 0] base:", "[seed 0] sft:", "[seed 1] rlvr:", "[seed 1] transfer:"):
         assert stage in result.output, stage  # progress per stage
     report = json.loads((out / "report.json").read_text())
+    # each seed trains its own base (the intervals resample seeds, so they carry its variance)
+    bases = [out / f"seed{s}" / "base" / "model.safetensors" for s in (0, 1)]
+    assert all(b.is_file() for b in bases) and bases[0].read_bytes() != bases[1].read_bytes()
+    assert set(report["base_pretrain_loss"]) == {"0", "1"}
     T = report["max_turns"]
     assert report["schema"] == "rl2f.demo.report/1"
     assert report["seeds"] == [0, 1] and report["wall_seconds"] > 0 and "toml" in report["config"]
@@ -47,8 +51,8 @@ def test_demo_quick_writes_the_full_report(tmp_path, monkeypatch):
         assert m["leak_rate"] is None and m["verifier_gated"] is True and len(m["oracle_free_acc"]) == T
     for run in report["runs"]:
         assert run["rlvr_student_tokens"] >= 0.8 * run["rl2f_student_tokens"]  # token-matched by group size
-        assert run["rlvr_steps"] <= run["rl2f_steps"] and set(run["stage_seconds"]) == {"sft", "rl2f", "rlvr", "eval",
-                                                                                          "transfer"}
+        assert run["rlvr_steps"] <= run["rl2f_steps"] and set(run["stage_seconds"]) == {"base", "sft", "rl2f", "rlvr",
+                                                                                          "eval", "transfer"}
     claim = report["claim"]
     assert set(claim) == CHECKS | {"holds", "context"}
     for other in ("base", "sft", "rlvr"):

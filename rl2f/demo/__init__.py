@@ -26,11 +26,12 @@ plus:
                         `context` (RLVR's turn-1 gain, RL2F's multi-turn gain)
     transfer            {task: the evaluation report of that transfer variant (same fields)}:
                         "secret_unseen_sums", "secret_reversed_prior"
-    base_pretrain_loss  the base's final training loss (an underfit base drags every arm)
-    base_seconds        wall time of building the base
-    runs                per seed: steps, RLVR's group size, student tokens of RL2F and RLVR,
-                        SFT's final loss, stage_seconds and stage_cpu_seconds (CPU time of
-                        the worker's one thread) per stage, seconds
+    base_pretrain_loss  {seed: that seed's base's final training loss} (an underfit base
+                        drags every arm)
+    runs                per seed: its base's loss, steps, RLVR's group size, student tokens
+                        of RL2F and RLVR, SFT's final loss, stage_seconds and
+                        stage_cpu_seconds (CPU time of the worker's one thread) per stage
+                        ("base", "sft", "rl2f", "rlvr", "eval", "transfer"), seconds
     config              {toml, budgets, quick, run: the in-distribution run config}
     wall_seconds        wall time of the whole demo
 

@@ -59,7 +59,7 @@ def pretrain_base(out_dir: Path, task, budget: dict, seed: int = 0, log=print) -
     log(f"training the tiny model from scratch: {steps} steps on {len(seqs)} scripted dialogues")
     for step in range(steps):
         mb = collate(rng.sample(seqs, min(budget["pretrain_batch"], len(seqs))), tok.pad_id, model.device,
-                     with_teacher=False)
+                     with_teacher=False, share_prefix=True)  # the packed stream: no padding computed
         loss = -gather_logprobs(model, forward_hidden(model, mb), mb.loss_pos, mb.loss_targets).mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

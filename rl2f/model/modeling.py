@@ -15,6 +15,9 @@ Masks are built once per forward per layer type from the caller's (B, S) padding
 key column s is visible to the query at column q when s <= q, the key is not padding and
 (local layers) q - s < sliding_window. Columns are positions in the padded row, exactly as
 transformers' mask functions index them, and the same rule applies during cached decoding.
+Attention is PyTorch's SDPA, with two CPU exceptions that measured faster there: masked
+attention takes grouped KV heads as they are (enable_gqa), and one-query decoding is two
+batched GEMMs (`Attention._decode_cpu`).
 """
 from __future__ import annotations
 

@@ -7,13 +7,14 @@ so a row feeds ids[:-1] and predicts ids[1:]; only the positions that carry a lo
 gathered and sent through the fused `linear_token_logprobs` kernel, so no (N, V) logits
 tensor exists in training.
 
-Batches are length-bucketed rather than packed: the sequences of one optimiser step are
-sorted by length before they are cut into micro-batches, so a micro-batch pads little, and
-rows are right-padded with an attention mask (the model's position ids then start at 0 in
-every row). With `share_prefix` (GRPO and SFT: `train.share_prefix`), rows of a
-micro-batch that begin with the same prompt (a group's samples) send that prompt through the
-model once, in a packed stream (`rl2f.model.SharedPrefix`): the same log-probs and gradients
-for fewer tokens, as the prompt is often most of a row.
+The sequences of one optimiser step are sorted by length before they are cut into
+micro-batches. Without a shared prompt, rows are right-padded with an attention mask (the
+model's position ids then start at 0 in every row). With `share_prefix` (GRPO and SFT:
+`train.share_prefix`), rows of a micro-batch that begin with the same prompt (a group's
+samples) send that prompt through the model once, and the input is a packed stream of real
+tokens only (`rl2f.model.SharedPrefix`: only attention sees a padded layout): the same
+log-probs and gradients for fewer tokens, as the prompt is often most of a row and a
+micro-batch of dialogues, some solved at turn 1 and some at turn 5, is a third padding.
 """
 from __future__ import annotations
 
@@ -84,13 +85,16 @@ def length_buckets(seqs: Sequence[TrainSequence], micro_batch: int) -> list[list
 def collate(seqs: Sequence[TrainSequence], pad_id: int, device, with_teacher: bool = True,
             share_prefix: bool = False) -> MicroBatch:
     """The sequences as one micro-batch with its loss positions: right-padded rows, or with
-    `share_prefix` and rows that begin alike (a GRPO group's prompt) the packed
-    shared-prefix form (see `prefix_lengths` and `rl2f.model.SharedPrefix`)."""
+    `share_prefix` the packed form (see `prefix_lengths` and `rl2f.model.SharedPrefix`)
+    when it computes fewer tokens: rows that begin alike (a GRPO group's prompt) or rows of
+    different lengths (no padding in the stream)."""
     if share_prefix:
         cut = prefix_lengths(seqs)
         keys: dict[tuple, int] = {}
         rows = [keys.setdefault(tuple(s.token_ids[:p]), len(keys)) for s, p in zip(seqs, cut)]
-        if min(cut) >= 1 and sum(cut) > sum(len(k) for k in keys):  # some prefix is shared
+        shared = sum(cut) > sum(len(k) for k in keys)
+        padded = len({len(s) for s in seqs}) > 1
+        if min(cut) >= 1 and (shared or padded):  # the packed stream computes fewer tokens
             return _collate_shared(seqs, pad_id, device, with_teacher, cut, list(keys), rows)
     return _collate_padded(seqs, pad_id, device, with_teacher)
 

@@ -105,11 +105,32 @@ def test_prefix_lengths_stop_before_the_first_target():
     assert prefix_lengths([only_prompt]) == [1]  # never the whole row: the suffix keeps a token
 
 
-def test_rows_that_share_nothing_stay_padded():
+def test_rows_that_share_nothing_stay_padded_unless_their_lengths_differ():
     rng = random.Random(3)
     seqs = [TrainSequence([rng.randrange(VOCAB) for _ in range(8)], [0] * 5 + [1] * 3, [0] * 5 + [1] * 3)
             for _ in range(3)]
-    assert collate(seqs, 0, "cpu", share_prefix=True).shared is None
+    assert collate(seqs, 0, "cpu", share_prefix=True).shared is None  # nothing to save
+    seqs[1] = TrainSequence(seqs[1].token_ids[:6], [0] * 5 + [1], [0] * 5 + [1])
+    packed = collate(seqs, 0, "cpu", share_prefix=True)  # no padding in the packed stream
+    assert packed.shared is not None and packed.input_ids.numel() == 7 + 5 + 7
+
+
+@pytest.mark.parametrize("family", ["gemma3", "llama"])
+def test_packed_rows_that_share_nothing_equal_padded_forward(family):
+    """Distinct prompts (SFT, the demo's pretraining) with rows of different lengths: the
+    packed stream drops the padding and still gives the padded forward's log-probs and
+    gradients."""
+    model = model_with_adapter(family)
+    model.train()
+    seqs = [s for s in dialogues(seed=5)]
+    seqs = [seqs[0], *[s for s in seqs[1:] if s.token_ids[:9] != seqs[0].token_ids[:9]]][:3]
+    lp0, tlp0, g0, plain = logprobs_and_grads(model, seqs, share=False)
+    lp1, tlp1, g1, packed = logprobs_and_grads(model, seqs, share=True)
+    assert packed.input_ids.numel() == sum(len(s) - 1 for s in seqs) < plain.input_ids.numel()
+    torch.testing.assert_close(lp1, lp0, atol=2e-5, rtol=0)
+    torch.testing.assert_close(tlp1, tlp0, atol=2e-5, rtol=0)
+    for name in g0:
+        torch.testing.assert_close(g1[name], g0[name], atol=2e-5, rtol=1e-4, msg=name)
 
 
 def test_through_last_target_hand_computed():
