@@ -1,4 +1,4 @@
-"""`rl2f demo`: base, SFT, RLVR and RL2F from the same base, evaluation, report (rl2f/demo/)."""
+"""`rl2f demo`: per seed a base, and SFT, RLVR and RL2F from it; evaluation, report (rl2f/demo/)."""
 from __future__ import annotations
 
 import click
@@ -8,7 +8,7 @@ import click
 @click.option("--out", default="runs/demo", show_default=True, type=click.Path(file_okay=False),
               help="Directory for report.json, report.md, plots and every run.")
 @click.option("--quick", is_flag=True, help="A smoke run of about a minute (tiny budgets; numbers mean nothing).")
-@click.option("--seeds", default="0,1,2", show_default=True, help="Comma-separated seeds (one full run each).")
+@click.option("--seeds", default="0,1,2", show_default=True, help="Comma-separated seeds (one full run each, its own base included).")
 @click.option("--jobs", type=int, default=None, help="Worker processes (default: one per seed).")
 def demo(out, quick, seeds, jobs):
     """Reproduce RL2F's central claim at toy scale on a CPU (the embedded default)."""
