@@ -504,16 +504,13 @@ class BuiltinEngine:
         """Copies of the keys/values of the given decode rows: prompt + generated tokens up to,
         not including, each row's last (never fed to the model). Returns (batch row, keys,
         values) with (L, Hkv, n, D) tensors."""
-        rows = list(rows)
-        if not rows:
-            return []
-        batch_rows = [active_host[r] for r in rows]
-        counts = [Tp + lengths[b] - 1 - starts[b] for b in batch_rows]
-        row_idx, col_idx = _ragged(rows, [starts[b] for b in batch_rows], counts, cache.keys[0].device)
-        k = torch.stack([k[row_idx, :, col_idx] for k in cache.keys]).transpose(1, 2)  # (L, Hkv, N, D)
-        v = torch.stack([v[row_idx, :, col_idx] for v in cache.values]).transpose(1, 2)
-        return [(b, ks.contiguous(), vs.contiguous())
-                for b, ks, vs in zip(batch_rows, k.split(counts, dim=2), v.split(counts, dim=2))]
+        out = []
+        for r in rows:  # one stack of L column ranges per row: no index tensors, one copy
+            b = active_host[r]
+            start, end = starts[b], Tp + lengths[b] - 1
+            out.append((b, torch.stack([k[r, :, start:end] for k in cache.keys]),
+                        torch.stack([v[r, :, start:end] for v in cache.values])))
+        return out
 
     def _check_stop_strings(self, done, active_host, out_tokens, n, sps, checked) -> list[bool]:
         """Host check of stop strings for the unfinished active rows that have any."""
