@@ -331,10 +331,11 @@ class _Answer(NamedTuple):
 
 @functools.lru_cache(maxsize=1024)
 def _answer(prompt: str, forms: tuple[str, ...]) -> _Answer:
-    values = frozenset(v for v in (numeric_value(f) for f in forms) if v is not None)
+    parsed = [(f, numeric_value(f)) for f in forms]
+    values = frozenset(v for _, v in parsed if v is not None)
     in_prompt = frozenset({v for v, _ in _numbers(prompt)} | {v for v, _, _ in _word_numbers(prompt)})
     abs_prompt = frozenset(abs(v) for v in in_prompt)
-    return _Answer(values, tuple(f for f in forms if numeric_value(f) is None),
+    return _Answer(values, tuple(f for f, v in parsed if v is None),
                    frozenset(abs(v.numerator) for v in values if v.denominator == 1 and abs(v) not in abs_prompt),
                    in_prompt, abs_prompt, _compact(prompt), _digits_as_numerals(prompt), _wordy(prompt))
 
