@@ -1,6 +1,6 @@
 """The demo's RL2F step, this checkout against an earlier commit, side by side.
 
-Both codes train the same RL2F run: the demo's base checkpoint (built once, by this
+Both codes train the same RL2F run: the demo's base checkpoint for seed 0 (built once, by this
 checkout), the demo's RL2F settings (8 problems x 8 episodes of up to 5 turns, 8-token
 attempts, the programmatic teacher, LoRA r32, micro-batch 32, no critique term; the
 secret-number task with its default options, which both codes have), one torch thread as in
@@ -97,7 +97,8 @@ print(json.dumps({"rows": rows, "turns": turns}))
 
 
 def build_base(work: Path) -> Path:
-    """The demo's base checkpoint, as `rl2f demo` builds it (its full pretraining budget)."""
+    """The demo's base checkpoint for seed 0, as `rl2f demo` builds it (its full pretraining
+    budget); an existing WORK/base is reused as it is."""
     from rl2f.demo.base import pretrain_base
     from rl2f.demo.pipeline import BUDGETS, demo_task
 
