@@ -8,7 +8,9 @@ decoding harmlessly until the next host sync, every `sync_every` steps, where st
 are checked on decoded text, the loop ends when every row is done, and finished rows are
 dropped from the cache when enough of them pile up. Nothing else in the loop synchronises
 with the host: noise is counter-based (see sampling.py) and outputs are written into
-preallocated buffers.
+preallocated buffers. On the CPU there is no asynchronous device to stall, so the default
+is a host check after every step: no forward is spent on a batch whose rows have all
+stopped (the demo's attempts stop after 6 of their 8 tokens: 2 of 7 decode forwards saved).
 
 Prefix cache (vLLM's automatic prefix caching, in whole sequences rather than blocks): when
 a batch ends, the keys/values of every finished sequence (prompt + generated tokens, the
@@ -229,14 +231,16 @@ class BuiltinEngine:
         tokenizer: Any,
         max_batch_size: int = 64,
         max_len: int | None = None,
-        sync_every: int = 8,
+        sync_every: int | None = None,
         compact_fraction: float = 0.25,
         prefix_cache_bytes: int = 256 << 20,
         fold_lora: bool = True,
     ):
         """max_batch_size: sequences decoded together (prompts x samples); max_len: prompt +
         generation tokens per sequence (default: the model's max_position_embeddings);
-        sync_every: decode steps between host checks; compact_fraction: drop finished rows
+        sync_every: decode steps between host checks (default: 1 on the CPU, where a check
+        costs nothing, 8 on an accelerator, where each one stalls the queue of launched
+        kernels); compact_fraction: drop finished rows
         from the cache once they are this fraction of the batch; prefix_cache_bytes: memory
         for the keys/values kept between calls (0 = no prefix cache); fold_lora: run student
         batches of an fp32 model with the adapter folded into per-call weight copies
@@ -248,6 +252,8 @@ class BuiltinEngine:
         self.tokenizer = tokenizer
         self.max_batch_size = int(max_batch_size)
         self.max_len = max_len or getattr(model.config, "max_position_embeddings", None)
+        if sync_every is None:
+            sync_every = 1 if model.device.type == "cpu" else 8
         self.sync_every = max(1, int(sync_every))
         self.compact_fraction = compact_fraction
         self.adapter_on = True  # False after set_adapter(None): student requests run the base

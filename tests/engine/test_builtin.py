@@ -205,6 +205,19 @@ def test_compaction_keeps_results(llama):
     assert len(lengths) > 3  # rows really finished at different steps
 
 
+def test_cpu_default_stops_decoding_when_every_row_has_stopped(llama):
+    """On the CPU the engine checks the rows after every step by default: once every row has
+    hit its stop token, no further forward is run (an accelerator's default checks every 8
+    steps, and would run 19 here)."""
+    greedy = _naive_greedy(llama, PROMPTS[0], 20)
+    i = _first_new_token_at(greedy, 4)
+    eng = _engine(llama, tokenizer=PieceTokenizer(stop_ids=[greedy[i]]))
+    c = eng.generate([PROMPTS[0]], SamplingParams(n=3, temperature=0, max_tokens=20))[0].outputs
+    assert [o.token_ids for o in c] == [greedy[: i + 1]] * 3
+    # tokens 1..i+1 sampled; the forwards that produced tokens 2..i+1 are the decode steps
+    assert eng.last_stats.decode_steps == i
+
+
 def test_adapter_on_off(llama):
     """With LoRA (random nonzero B), use_adapter=True differs from False; False equals the
     model without LoRA; a mixed call equals separate calls; outputs carry the adapter
