@@ -109,6 +109,9 @@ class LoRALinear(nn.Module):
         return F.linear(self._rank_states(x), self.lora_B).to(x.dtype)  # (..., out)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if (self.enabled and not self.merged and torch.is_grad_enabled() and isinstance(self.dropout, nn.Identity)
+                and x.dtype == self.weight.dtype == self.lora_A.dtype == torch.float32 and not self.weight.requires_grad):
+            return _FoldedLoRA.apply(x, self.weight, self.bias, self.lora_A, self.lora_B, self.scale)
         y = F.linear(x, self.weight, self.bias)  # (..., out)
         if self.merged:
             # Disabled while merged: take the update back out (exact only up to rounding).
@@ -140,6 +143,39 @@ class LoRALinear(nn.Module):
         if self.merged:
             self.weight.copy_((self.weight.float() - self.delta_weight()).to(self.weight.dtype))
             self.merged = False
+
+
+class _FoldedLoRA(torch.autograd.Function):
+    """Training forward of a LoRA layer whose base, adapter and input are all fp32 (in bf16
+    the fold would round small updates away): y = x @ (W + s B A)^T + bias with the update folded into one weight, and a
+    backward written out: dx = dy @ (W + s B A), dB = s dy^T (x A^T), dA = s (dy B)^T x.
+
+    Autograd of the unfolded form spends 2 N in out + 3 N r (in + out) multiply-adds on N
+    tokens (the update's two GEMMs forward, four backward); this spends 2 N in out +
+    2 N r (in + out) plus the fold, r in out, independent of N: a third of the adapter's
+    work, and one graph node instead of five. The result equals the unfolded layer up to
+    float round-off (the rollout already samples with the folded weights, `_folded_lora`).
+    The base weight and bias are frozen: they get no gradient."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, lora_A, lora_B, scale: float):
+        folded = torch.addmm(weight, lora_B, lora_A, alpha=scale)  # (out, in)
+        ctx.save_for_backward(x, folded, lora_A, lora_B)
+        ctx.scale = scale
+        return F.linear(x, folded, bias)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        x, folded, lora_A, lora_B = ctx.saved_tensors
+        g = grad_out.reshape(-1, grad_out.shape[-1])  # (N, out)
+        grad_x = grad_A = grad_B = None
+        if ctx.needs_input_grad[0]:
+            grad_x = torch.mm(g, folded).view(x.shape)  # (..., in)
+        if ctx.needs_input_grad[3] or ctx.needs_input_grad[4]:
+            x2 = x.reshape(-1, x.shape[-1])  # (N, in)
+            grad_B = torch.mm(g.t(), torch.mm(x2, lora_A.t())).mul_(ctx.scale)  # (out, r)
+            grad_A = torch.mm(torch.mm(g, lora_B).t(), x2).mul_(ctx.scale)  # (r, in)
+        return grad_x, None, None, grad_A, grad_B, None
 
 
 # --------------------------------------------------------------------------- apply / query

@@ -309,6 +309,34 @@ def test_lora_linear_matches_formula():
 
 # --------------------------------------------------------------------------- bad input
 
+@pytest.mark.parametrize("bias", [True, False])
+def test_lora_linear_gradients_match_fp64_formula(bias):
+    """The training forward (fp32: the update folded into the weight, backward written out)
+    gives the output and the gradients of x, A and B of the fp64 formula, and none to the
+    frozen base weight and bias; the same holds for a non-contiguous input."""
+    torch.manual_seed(0)
+    base = nn.Linear(24, 40, bias=bias)
+    layer = LoRALinear(base, rank=8, alpha=16)
+    nn.init.normal_(layer.lora_B)
+    for x in (torch.randn(3, 7, 24), torch.randn(7, 3, 24).transpose(0, 1)):
+        x = x.requires_grad_(True)
+        w = torch.randn(3, 7, 40)  # weighs every output differently
+        layer.zero_grad(set_to_none=True)
+        y = layer(x)
+        (y * w).sum().backward()
+        ref = {n: t.detach().double().requires_grad_(True) for n, t in
+               (("x", x), ("A", layer.lora_A), ("B", layer.lora_B))}
+        want = ref["x"] @ base.weight.double().T + 2.0 * (ref["x"] @ ref["A"].T @ ref["B"].T)
+        if bias:
+            want = want + base.bias.double()
+        (want * w.double()).sum().backward()
+        torch.testing.assert_close(y.double(), want, atol=1e-5, rtol=1e-5)
+        for name, got in (("x", x.grad), ("A", layer.lora_A.grad), ("B", layer.lora_B.grad)):
+            torch.testing.assert_close(got.double(), ref[name].grad, atol=1e-4, rtol=1e-5, msg=name)
+        assert base.weight.grad is None and (base.bias is None or base.bias.grad is None)
+        x.grad = None
+
+
 def test_apply_lora_rejects_bad_arguments(checkpoints):
     """Unknown targets, rank < 1, a rank above min(in, out) of a target, and no matching
     layer are UserErrors."""

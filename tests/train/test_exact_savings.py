@@ -93,8 +93,8 @@ def test_shared_prefix_equals_padded_forward(family, checkpointing):
     torch.testing.assert_close(lp1, lp0, atol=2e-5, rtol=0)
     torch.testing.assert_close(tlp1, tlp0, atol=2e-5, rtol=0)
     assert g0.keys() == g1.keys() and g0
-    for name in g0:
-        torch.testing.assert_close(g1[name], g0[name], atol=2e-5, rtol=1e-4, msg=name)
+    for name in g0:  # fp32 sums over other token orders: round-off ~4e-6 of the largest entry
+        torch.testing.assert_close(g1[name], g0[name], atol=2e-5 * float(g0[name].abs().max()), rtol=0, msg=name)
 
 
 def test_prefix_lengths_stop_before_the_first_target():
@@ -129,8 +129,8 @@ def test_packed_rows_that_share_nothing_equal_padded_forward(family):
     assert packed.input_ids.numel() == sum(len(s) - 1 for s in seqs) < plain.input_ids.numel()
     torch.testing.assert_close(lp1, lp0, atol=2e-5, rtol=0)
     torch.testing.assert_close(tlp1, tlp0, atol=2e-5, rtol=0)
-    for name in g0:
-        torch.testing.assert_close(g1[name], g0[name], atol=2e-5, rtol=1e-4, msg=name)
+    for name in g0:  # fp32 sums over other token orders: round-off ~4e-6 of the largest entry
+        torch.testing.assert_close(g1[name], g0[name], atol=2e-5 * float(g0[name].abs().max()), rtol=0, msg=name)
 
 
 def test_through_last_target_hand_computed():
@@ -168,5 +168,5 @@ def test_rows_cut_after_their_last_target_train_alike(with_teacher):
     lp1, tlp1, g1 = run(cut)
     torch.testing.assert_close(lp1, lp0, atol=2e-5, rtol=0)
     torch.testing.assert_close(tlp1, tlp0, atol=2e-5, rtol=0)
-    for name in g0:
-        torch.testing.assert_close(g1[name], g0[name], atol=2e-5, rtol=1e-4, msg=name)
+    for name in g0:  # fp32 sums over other token orders: round-off ~4e-6 of the largest entry
+        torch.testing.assert_close(g1[name], g0[name], atol=2e-5 * float(g0[name].abs().max()), rtol=0, msg=name)
