@@ -235,6 +235,7 @@ class BuiltinEngine:
         compact_fraction: float = 0.25,
         prefix_cache_bytes: int = 256 << 20,
         fold_lora: bool = True,
+        prefill_group_cost: int | None = None,
     ):
         """max_batch_size: sequences decoded together (prompts x samples); max_len: prompt +
         generation tokens per sequence (default: the model's max_position_embeddings);
@@ -247,7 +248,10 @@ class BuiltinEngine:
         (`_folded_lora`: one matmul per LoRA layer instead of three, for one copy of the
         adapted weights during the call); never in bf16/fp16, where W + BA would round
         small updates away, nor under torch.distributed, whose sharded parameters must not
-        be swapped."""
+        be swapped; prefill_group_cost: what one more prefill forward costs, in prefilled
+        tokens, when the rows of a batch are split by how much each has to prefill (default:
+        64 on the CPU, where a forward of the tiny model costs about as much as 64 tokens;
+        on an accelerator, where padding costs little until it is compute-bound, no split)."""
         self.model = model
         self.tokenizer = tokenizer
         self.max_batch_size = int(max_batch_size)
@@ -256,6 +260,9 @@ class BuiltinEngine:
             sync_every = 1 if model.device.type == "cpu" else 8
         self.sync_every = max(1, int(sync_every))
         self.compact_fraction = compact_fraction
+        if prefill_group_cost is None:
+            prefill_group_cost = 64 if model.device.type == "cpu" else 1 << 40
+        self.prefill_group_cost = int(prefill_group_cost)
         self.adapter_on = True  # False after set_adapter(None): student requests run the base
         self._next_request_id = 0
         cfg = model.config
@@ -377,6 +384,7 @@ class BuiltinEngine:
 
     def _run_batch(self, units, prompts, params, seeds, results, hits, flag, stats) -> None:
         model, dev = self.model, self.model.device
+        units = sorted(units, key=lambda u: len(prompts[u.req]) - hits[u.req][1])  # for _prefill_groups
         pad_id = getattr(self.tokenizer, "pad_id", None) or 0
         plen = [len(prompts[u.req]) for u in units]
         Tp = max(plen)
@@ -391,11 +399,12 @@ class BuiltinEngine:
         max_new = max(budget)
         B, total = len(row_units), Tp + max_new
 
-        # prefill each distinct prompt once: the last W columns are run through the model,
-        # where W covers the longest part of any row that the prefix cache does not hold;
-        # the columns before them are copied from the kept sequences
-        W = max(p - hits[u.req][1] for p, u in zip(plen, units))
-        reuse = [max(0, p - W) for p in plen]
+        # prefill each distinct prompt once: a group of rows runs its last W columns through
+        # the model, where W covers the longest part of any of its rows that the prefix cache
+        # does not hold; the columns before them are copied from the kept sequences. Rows are
+        # grouped by that length (one long teacher message must not pad every row to it).
+        groups = _prefill_groups([p - hits[u.req][1] for p, u in zip(plen, units)], self.prefill_group_cost)
+        reuse = [max(0, plen[i] - W) for a, b, W in groups for i in range(a, b)]
         input_ids = torch.tensor([[pad_id] * (Tp - n) + prompts[u.req] for n, u in zip(plen, units)])  # (P, Tp)
         mask = (torch.arange(Tp) >= torch.tensor([Tp - n for n in plen]).unsqueeze(1)).long()  # (P, Tp)
         input_ids, mask = input_ids.to(dev), mask.to(dev)
@@ -409,10 +418,14 @@ class BuiltinEngine:
             for layer, (k, v) in enumerate(zip(cache.keys, cache.values)):
                 k[row_idx, :, col_idx] = src_k[layer].transpose(0, 1)  # (N, Hkv, D)
                 v[row_idx, :, col_idx] = src_v[layer].transpose(0, 1)
-        cache.advance(Tp - W)
-        hidden = model.hidden_states(input_ids[:, Tp - W:], attention_mask=mask,
-                                     position_ids=positions[:, Tp - W:], cache=cache)  # (P, W, H)
-        logits = model.logits(hidden[:, -1])  # (P, V): only the last position is ever needed
+        last = []
+        for a, b, W in groups:  # each group writes its columns Tp - W.. of its cache rows
+            rows = cache.rows(a, b, length=Tp - W)
+            hidden = model.hidden_states(input_ids[a:b, Tp - W:], attention_mask=mask[a:b],
+                                         position_ids=positions[a:b, Tp - W:], cache=rows)  # (b - a, W, H)
+            last.append(hidden[:, -1])  # only the last position's logits are ever needed
+        cache.length = Tp
+        logits = model.logits(torch.cat(last) if len(last) > 1 else last[0])  # (P, V)
         stats.prompt_tokens += sum(plen)
         stats.cached_tokens += sum(reuse)
         stats.prefill_tokens += sum(plen) - sum(reuse)
@@ -561,6 +574,24 @@ class BuiltinEngine:
                 stop_reason=stop_reason,
             )
             stats.generated_tokens += n
+
+
+def _prefill_groups(widths: list[int], cost: int) -> list[tuple[int, int, int]]:
+    """Split rows with ascending prefill `widths` into runs [a, b) that each prefill
+    widths[b - 1] columns, minimising the padded tokens computed plus `cost` tokens for each
+    extra forward: [(a, b, width)]. A run ends only where the width changes (an exact search
+    over those few places: the widths of one batch take a handful of values)."""
+    n = len(widths)
+    ends = [i for i in range(1, n) if widths[i] != widths[i - 1]] + [n]
+    best = {0: (0, -1)}  # run end -> (least cost of the rows before it, previous run end)
+    for j in ends:
+        best[j] = min((best[i][0] + (j - i) * widths[j - 1] + cost, i) for i in best)
+    runs, j = [], n
+    while j > 0:
+        i = best[j][1]
+        runs.append((i, j, widths[j - 1]))
+        j = i
+    return runs[::-1]
 
 
 def _ragged(rows: list[int], starts: list[int], counts: list[int], device) -> tuple[torch.Tensor, torch.Tensor]:

@@ -53,6 +53,12 @@ class KVCache:
     def advance(self, n: int) -> None:
         self.length += n
 
+    def rows(self, start: int, end: int, length: int) -> "KVCache":
+        """Rows [start, end) as a cache of views (what it writes lands in this cache's buffers),
+        filled up to column `length`: a group of rows can be prefilled on its own."""
+        return KVCache(keys=[k[start:end] for k in self.keys], values=[v[start:end] for v in self.values],
+                       length=length)
+
     def repeat_interleave(self, g: int) -> "KVCache":
         """B rows -> B*g rows, each row repeated g times in place (prefill once, sample g)."""
         return KVCache(keys=[k.repeat_interleave(g, dim=0) for k in self.keys],

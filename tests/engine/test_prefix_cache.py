@@ -198,9 +198,10 @@ def test_folded_lora_equals_unfolded_and_restores_the_model(student):
 
 def test_mixed_batch_of_cached_and_fresh_prompts(student):
     """Calls mixing a prompt that extends a kept sequence (with fan-out) and fresh prompts
-    equal the same calls without a cache. A batch runs the same columns for every row, as
-    many as its longest uncached part: beside short fresh prompts the kept sequence is
-    reused whole, beside a longer fresh prompt only the columns before that part."""
+    equal the same calls without a cache. Rows whose uncached parts differ by less than a
+    forward's cost run the same columns, as many as their longest uncached part: beside
+    short fresh prompts the kept sequence is reused whole, beside a longer fresh prompt only
+    the columns before that part."""
     model, tok = student
     g = torch.Generator().manual_seed(2)
     first = torch.randint(10, 900, (50,), generator=g).tolist()
@@ -218,3 +219,42 @@ def test_mixed_batch_of_cached_and_fresh_prompts(student):
             for ca, cb in zip(a.outputs, b.outputs):
                 assert ca.token_ids == cb.token_ids
                 assert ca.logprobs == pytest.approx(cb.logprobs, abs=1e-5)
+
+
+def test_rows_are_prefilled_in_groups_of_similar_width(student):
+    """Rows that extend kept sequences by a few tokens and a long fresh prompt in one batch:
+    the engine prefills them in two groups (the short rows run only their new columns), where
+    one group would run the fresh prompt's width for every row; both equal an engine without
+    a cache, and count exactly the tokens they ran."""
+    model, tok = student
+    g = torch.Generator().manual_seed(3)
+    firsts = [torch.randint(10, 900, (50,), generator=g).tolist() for _ in range(3)]
+    fresh = torch.randint(10, 900, (90,), generator=g).tolist()
+    sp = SamplingParams(temperature=1.0, max_tokens=6, seed=2)
+    ref = BuiltinEngine(model, tok, prefix_cache_bytes=0)
+    for cost, split in ((64, True), (10**9, False)):
+        eng = BuiltinEngine(model, tok, prefill_group_cost=cost)
+        outs = [o.outputs[0].token_ids for o in eng.generate(firsts, sp)]
+        prompts = [f + o + [7] * 5 for f, o in zip(firsts, outs)] + [fresh]
+        got, want = eng.generate(prompts, sp), ref.generate(prompts, sp)
+        # a row's uncached part: its last sampled token (never fed) and the 5 new ones
+        want_prefill = 3 * 6 + len(fresh) if split else sum(map(len, prompts[:3])) + len(fresh)
+        assert eng.last_stats.prefill_tokens == want_prefill
+        for a, b in zip(got, want):
+            assert a.outputs[0].token_ids == b.outputs[0].token_ids
+            assert a.outputs[0].logprobs == pytest.approx(b.outputs[0].logprobs, abs=1e-5)
+
+
+def test_prefill_groups_hand_computed():
+    """Runs end only where the width changes, and a split is taken when the padding it saves
+    is worth more than the forward it adds."""
+    from rl2f.engine.builtin import _prefill_groups
+    assert _prefill_groups([24] * 51 + [34, 34, 35], 64) == [(0, 51, 24), (51, 54, 35)]  # saves 561 > 64
+    assert _prefill_groups([24] * 30 + [25] * 20, 64) == [(0, 50, 25)]  # saves 30 < 64
+    assert _prefill_groups([1, 100], 64) == [(0, 1, 1), (1, 2, 100)]  # saves 99 > 64
+    assert _prefill_groups([1, 100], 200) == [(0, 2, 100)]
+    # padded tokens + cost per forward: 10+18+40 + 3c (three runs), 36+40 + 2c (two), 200 + c
+    assert _prefill_groups([5, 5, 9, 9, 40], 1) == [(0, 2, 5), (2, 4, 9), (4, 5, 40)]  # 71 < 78
+    assert _prefill_groups([5, 5, 9, 9, 40], 20) == [(0, 4, 9), (4, 5, 40)]  # 116 < 128, 220
+    assert _prefill_groups([5, 5, 9, 9, 40], 200) == [(0, 5, 40)]  # 400 < 476
+    assert _prefill_groups([7], 64) == [(0, 1, 7)]
