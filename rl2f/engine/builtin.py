@@ -405,23 +405,20 @@ class BuiltinEngine:
         # grouped by that length (one long teacher message must not pad every row to it).
         groups = _prefill_groups([p - hits[u.req][1] for p, u in zip(plen, units)], self.prefill_group_cost)
         reuse = [max(0, plen[i] - W) for a, b, W in groups for i in range(a, b)]
-        input_ids = torch.tensor([[pad_id] * (Tp - n) + prompts[u.req] for n, u in zip(plen, units)])  # (P, Tp)
-        mask = (torch.arange(Tp) >= torch.tensor([Tp - n for n in plen]).unsqueeze(1)).long()  # (P, Tp)
-        input_ids, mask = input_ids.to(dev), mask.to(dev)
+        mask = (torch.arange(Tp) >= torch.tensor([Tp - n for n in plen]).unsqueeze(1)).long().to(dev)  # (P, Tp)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)  # (P, Tp)
         cache = model.new_cache(len(units), total)
-        if any(reuse):
-            rows = [i for i in range(len(units)) if reuse[i]]
-            row_idx, col_idx = _ragged(rows, [Tp - plen[i] for i in rows], [reuse[i] for i in rows], dev)
-            src_k = torch.cat([hits[units[i].req][0].keys[:, :, :reuse[i]] for i in rows], dim=2)  # (L, Hkv, N, D)
-            src_v = torch.cat([hits[units[i].req][0].values[:, :, :reuse[i]] for i in rows], dim=2)
-            for layer, (k, v) in enumerate(zip(cache.keys, cache.values)):
-                k[row_idx, :, col_idx] = src_k[layer].transpose(0, 1)  # (N, Hkv, D)
-                v[row_idx, :, col_idx] = src_v[layer].transpose(0, 1)
+        for i, n in enumerate(reuse):  # one copy of every layer's keys (and values) per row
+            if n:
+                entry, start = hits[units[i].req][0], Tp - plen[i]
+                cache.key_buffer[:, i, :, start:start + n] = entry.keys[:, :, :n]  # (L, Hkv, n, D)
+                cache.value_buffer[:, i, :, start:start + n] = entry.values[:, :, :n]
         last = []
         for a, b, W in groups:  # each group writes its columns Tp - W.. of its cache rows
             rows = cache.rows(a, b, length=Tp - W)
-            hidden = model.hidden_states(input_ids[a:b, Tp - W:], attention_mask=mask[a:b],
+            ids = [prompts[units[i].req][-W:] if plen[i] >= W else [pad_id] * (W - plen[i]) + prompts[units[i].req]
+                   for i in range(a, b)]  # the rows' last W columns, left-padded
+            hidden = model.hidden_states(torch.tensor(ids, device=dev), attention_mask=mask[a:b],
                                          position_ids=positions[a:b, Tp - W:], cache=rows)  # (b - a, W, H)
             last.append(hidden[:, -1])  # only the last position's logits are ever needed
         cache.length = Tp
@@ -524,11 +521,10 @@ class BuiltinEngine:
         not including, each row's last (never fed to the model). Returns (batch row, keys,
         values) with (L, Hkv, n, D) tensors."""
         out = []
-        for r in rows:  # one stack of L column ranges per row: no index tensors, one copy
+        for r in rows:  # one copy of a column range of every layer per row: no index tensors
             b = active_host[r]
             start, end = starts[b], Tp + lengths[b] - 1
-            out.append((b, torch.stack([k[r, :, start:end] for k in cache.keys]),
-                        torch.stack([v[r, :, start:end] for v in cache.values])))
+            out.append((b, cache.key_buffer[:, r, :, start:end].clone(), cache.value_buffer[:, r, :, start:end].clone()))
         return out
 
     def _check_stop_strings(self, done, active_host, out_tokens, n, sps, checked) -> list[bool]:
@@ -593,11 +589,3 @@ def _prefill_groups(widths: list[int], cost: int) -> list[tuple[int, int, int]]:
         j = i
     return runs[::-1]
 
-
-def _ragged(rows: list[int], starts: list[int], counts: list[int], device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Flat (row, column) indices of the column runs [starts[j], starts[j] + counts[j]) of
-    rows[j], concatenated: (N,) each, N = sum(counts)."""
-    n = torch.tensor(counts)
-    first = torch.repeat_interleave(torch.cumsum(n, 0) - n, n)  # (N,) offset of each run's first index
-    col = torch.repeat_interleave(torch.tensor(starts), n) + torch.arange(int(n.sum())) - first
-    return torch.repeat_interleave(torch.tensor(rows), n).to(device), col.to(device)
