@@ -53,6 +53,7 @@ import torch
 
 from rl2f.engine.sampling import (
     request_seed,
+    row_uniform,
     sample_step,
     stream_key,
     tail_has_stop,
@@ -445,6 +446,7 @@ class BuiltinEngine:
         V = logits.shape[-1]
         temperature = torch.tensor([sp.temperature for sp in sps], dtype=torch.float32, device=dev)
         keys = torch.tensor([stream_key(seeds[u.req], s) for _, u, s in row_units], device=dev)
+        uniforms = row_uniform(keys[:, None], torch.arange(max_new, device=dev)[None])  # (B, max_new): every step's
         truncate = any(sp.top_k is not None or sp.top_p < 1.0 for sp in sps)
         top_k = torch.tensor([V if sp.top_k is None else sp.top_k for sp in sps], device=dev) if truncate else None
         top_p = torch.tensor([sp.top_p for sp in sps], dtype=torch.float32, device=dev) if truncate else None
@@ -468,7 +470,7 @@ class BuiltinEngine:
         starts = [Tp - plen[i] for i, _, _ in row_units]  # first column of each batch row
 
         for t in range(max_new):
-            tok, lp = sample_step(logits, temperature, keys, t, top_k, top_p, all_greedy, any_greedy)
+            tok, lp = sample_step(logits, temperature, keys, t, top_k, top_p, all_greedy, any_greedy, uniforms[:, t])
             out_tokens[active, t] = tok
             out_lp[active, t] = lp
             hit_stop = (tok.unsqueeze(1) == stop_table).any(-1)  # (B',)
@@ -496,7 +498,8 @@ class BuiltinEngine:
                     cache = cache.index_select(keep)
                     active, tok, finished = active[keep], tok[keep], finished[keep]
                     active_host = [active_host[i] for i in keep_host]
-                    attn, next_pos, temperature, keys = attn[keep], next_pos[keep], temperature[keep], keys[keep]
+                    attn, next_pos, temperature = attn[keep], next_pos[keep], temperature[keep]
+                    keys, uniforms = keys[keep], uniforms[keep]
                     stop_table, row_budget = stop_table[keep], row_budget[keep]
                     if truncate:
                         top_k, top_p = top_k[keep], top_p[keep]

@@ -53,8 +53,10 @@ def stream_key(seed: int, sample_index: int) -> int:
     return mix32(k ^ (sample_index & _M32) ^ 0x9E3779B9)
 
 
-def row_uniform(keys: torch.Tensor, step: int) -> torch.Tensor:
+def row_uniform(keys: torch.Tensor, step) -> torch.Tensor:
     """(B,) float64 uniforms in (0, 1), one per row: a function of (keys[row], step) only.
+    `step` may be an int64 tensor that broadcasts with `keys`: (B, 1) keys and (1, S) steps
+    give every step's uniforms at once, (B, S).
 
     Two 24-bit draws make 48 bits, so the CDF inversion resolves probabilities far below
     those a 262k vocabulary gives its rarest tokens."""
@@ -90,12 +92,15 @@ def sample_step(
     top_p: torch.Tensor | None = None,
     all_greedy: bool = False,
     any_greedy: bool = True,
+    uniform: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Pick one token per row; return (tokens (B,), logprobs (B,)).
 
     logits: (B, V) any float dtype; temperature: (B,) float32 with 0 = greedy for that row;
     top_k / top_p: (B,) or None when no row truncates (skips the vocabulary sort);
-    all_greedy / any_greedy: whether every / some row is greedy (False skips the argmax).
+    all_greedy / any_greedy: whether every / some row is greedy (False skips the argmax);
+    uniform: (B,) row_uniform(keys, step) when the caller drew it already (a decode loop
+    draws every step's at once: the hash is ~40 small integer ops, not worth per step).
     The log-prob is log_softmax(logits / T) at the token over the full vocabulary (T = 1 for
     greedy rows), i.e. before truncation: what the trainer recomputes.
     """
@@ -111,7 +116,8 @@ def sample_step(
             probs = probs.masked_fill(~truncation_mask(scaled, top_k, top_p), 0.0)
         cdf = probs.cumsum(dim=-1, dtype=torch.float64)  # (B, V)
         # the first token whose CDF passes u * (kept mass): a zero-probability token never is
-        target = (row_uniform(keys, step) * cdf[:, -1]).unsqueeze(1)  # (B, 1)
+        u = row_uniform(keys, step) if uniform is None else uniform
+        target = (u * cdf[:, -1]).unsqueeze(1)  # (B, 1)
         tokens = torch.searchsorted(cdf, target, right=True).squeeze(1).clamp_(max=scaled.shape[-1] - 1)  # (B,)
         if any_greedy:
             tokens = torch.where(greedy_row, logits.argmax(dim=-1), tokens)

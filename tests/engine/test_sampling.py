@@ -50,6 +50,16 @@ def test_noise_depends_only_on_key_and_step():
     assert not torch.equal(row_uniform(keys, 4), full)
 
 
+def test_every_steps_noise_at_once_equals_step_by_step():
+    """(B, 1) keys against (1, S) steps give, column by column, the per-step uniforms (what
+    the decode loop draws up front)."""
+    keys = torch.tensor([stream_key(s, i) for s in range(5) for i in range(3)])
+    table = row_uniform(keys[:, None], torch.arange(12)[None])
+    assert table.shape == (15, 12)
+    for step in range(12):
+        assert torch.equal(table[:, step], row_uniform(keys, step))
+
+
 def test_noise_is_uniform():
     """Mean, variance and decile counts of the noise match U(0, 1); its resolution is finer
     than float32's 24 bits."""
