@@ -224,16 +224,18 @@ def _digit(s: str) -> int:
     return int(s) if s.isdigit() else _ONES.index(s)
 
 
-def _digit_facts(text: str) -> set[tuple[str, int, int]]:
+@functools.lru_cache(maxsize=8192)
+def _digit_facts(text: str) -> frozenset[tuple[str, int, int]]:
     """(side, position, digit) stated in `text`: side "L" counts from the left (first digit
-    = 0), "R" from the right (ones = 0)."""
+    = 0), "R" from the right (ones = 0). Cached: an episode's earlier messages are read
+    again at every turn."""
     facts = set()
     for m in list(_DIGIT_IS.finditer(text)) + list(_DIGIT_IN_PLACE.finditer(text)) + list(_PLACE_VALUE.finditer(text)):
         place, d = (m.group(1), m.group(2)) if m.re is not _PLACE_VALUE else (m.group(2), m.group(1))
         place = place.lower()
         side, pos = ("L", _FROM_LEFT[place]) if place in _FROM_LEFT else ("R", _FROM_RIGHT[place])
         facts.add((side, pos, _digit(d)))
-    return facts
+    return frozenset(facts)
 
 
 def _covers(facts: set[tuple[str, int, int]], digits: str) -> bool:
