@@ -8,8 +8,8 @@ decoding harmlessly until the next host sync, every `sync_every` steps, where st
 are checked on decoded text, the loop ends when every row is done, and finished rows are
 dropped from the cache when enough of them pile up. Nothing else in the loop synchronises
 with the host: noise is counter-based (see sampling.py) and outputs are written into
-preallocated buffers. On the CPU there is no asynchronous device to stall, so the default
-is a host check after every step: no forward is spent on a batch whose rows have all
+preallocated buffers. On the CPU (outside torch.distributed) there is no asynchronous
+device to stall, so the default is a host check after every step: no forward is spent on a batch whose rows have all
 stopped (the demo's attempts stop after 6 of their 8 tokens: 2 of 7 decode forwards saved).
 
 Prefix cache (vLLM's automatic prefix caching, in whole sequences rather than blocks): when
@@ -245,8 +245,8 @@ class BuiltinEngine:
         """max_batch_size: sequences decoded together (prompts x samples); max_len: prompt +
         generation tokens per sequence (default: the model's max_position_embeddings);
         sync_every: decode steps between host checks (default: 1 on the CPU, where a check
-        costs nothing, 8 on an accelerator, where each one stalls the queue of launched
-        kernels); compact_fraction: drop finished rows
+        costs nothing, outside torch.distributed; 8 on an accelerator, where each one stalls
+        the queue of launched kernels); compact_fraction: drop finished rows
         from the cache once they are this fraction of the batch; prefix_cache_bytes: memory
         for the keys/values kept between calls (0 = no prefix cache); fold_lora: run student
         batches of an fp32 model with the adapter folded into per-call weight copies
