@@ -9,8 +9,9 @@ are checked on decoded text, the loop ends when every row is done, and finished 
 dropped from the cache when enough of them pile up. Nothing else in the loop synchronises
 with the host: noise is counter-based (see sampling.py) and outputs are written into
 preallocated buffers. On the CPU (outside torch.distributed) there is no asynchronous
-device to stall, so the default is a host check after every step: no forward is spent on a batch whose rows have all
-stopped (the demo's attempts stop after 6 of their 8 tokens: 2 of 7 decode forwards saved).
+device to stall, so the default is a host check after every step: no forward is spent on
+a batch whose rows have all stopped (the demo's attempts stop after 6 of their 8 tokens:
+2 of 7 decode forwards saved).
 
 Prefix cache (vLLM's automatic prefix caching, in whole sequences rather than blocks): when
 a batch ends, the keys/values of every finished sequence (prompt + generated tokens, the
