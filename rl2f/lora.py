@@ -147,8 +147,9 @@ class LoRALinear(nn.Module):
 
 class _FoldedLoRA(torch.autograd.Function):
     """Training forward of a LoRA layer whose base, adapter and input are all fp32 (in bf16
-    the fold would round small updates away): y = x @ (W + s B A)^T + bias with the update folded into one weight, and a
-    backward written out: dx = dy @ (W + s B A), dB = s dy^T (x A^T), dA = s (dy B)^T x.
+    the fold would round small updates away): y = x @ (W + s B A)^T + bias, the update
+    folded into one weight, and a backward written out: dx = dy @ (W + s B A),
+    dB = s dy^T (x A^T), dA = s (dy B)^T x.
 
     Autograd of the unfolded form spends 2 N in out + 3 N r (in + out) multiply-adds on N
     tokens (the update's two GEMMs forward, four backward); this spends 2 N in out +

@@ -358,8 +358,7 @@ class BuiltinEngine:
     def _adapter_context(self, use_adapter: bool):
         if not use_adapter:
             return adapters_disabled(self.model)
-        distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
-        if self.fold_lora and self.model.dtype == torch.float32 and not distributed:
+        if self.fold_lora and self.model.dtype == torch.float32 and not _distributed():
             return _folded_lora(self.model)
         return contextlib.nullcontext()
 

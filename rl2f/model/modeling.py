@@ -59,8 +59,7 @@ class _RMSNormFunction(torch.autograd.Function):
     """RMSNorm of an fp32 input in training, with its backward written out: y = x r s, with
     r = rsqrt(mean(x^2) + eps) per row and s = 1 + w (Gemma) or w; dx = r (g s - x^ mean(g s x^)),
     x^ = x r, dw = sum of g x^ over the rows. Three passes over x forward and four back,
-    where autograd of the composite takes about twice that (the norms are ~a fifth of the
-    demo's training step)."""
+    where autograd of the composite takes about twice that."""
 
     @staticmethod
     def forward(ctx, x, weight, offset: bool, eps: float):
