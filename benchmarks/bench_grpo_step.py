@@ -221,7 +221,7 @@ def missing(provider: str) -> str | None:
     if provider == "rl2f":
         return None
     absent = [m for m in ("trl", "peft", "datasets") if importlib.util.find_spec(m) is None]
-    return f"not importable: {', '.join(absent)} (pip install -r benchmarks/requirements.txt)" if absent else None
+    return f"not installed: {', '.join(absent)} (bash install.sh test,bench)" if absent else None
 
 
 def run_child(provider: str, ckpt: Path, args) -> dict:

@@ -6,16 +6,17 @@
 # GPU image already has torch, triton, transformers, peft, accelerate, pyarrow, pandas,
 # huggingface-hub, xxhash, fsspec). The suite pip-installs them there from the folder
 # (benchmarks/gpu_suite.py --wheels). About 3 MB; what travels to the device is 64 MiB at most.
+# The versions are the lock's (constraints.txt), the ones CI tested on the CPU.
 set -euo pipefail
 cd "$(dirname "$0")"
 dest=.wheels
-wheels=(trl==1.16.0 datasets==5.2.0 dill==0.4.1 multiprocess==0.70.19 liger-kernel==0.8.5
-        cut-cross-entropy==25.1.1)
+wheels=(trl datasets dill multiprocess liger-kernel cut-cross-entropy)
 rm -rf "$dest"
 mkdir -p "$dest"
 "${PYTHON:-python3}" -m pip download -q --disable-pip-version-check --no-deps --only-binary=:all: \
   --python-version 3.12 --implementation cp --platform manylinux_2_28_x86_64 \
-  --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d "$dest" "${wheels[@]}"
+  --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -c ../constraints.txt \
+  -d "$dest" "${wheels[@]}"
 kib=$(du -sk "$dest" | cut -f1)
 ls "$dest"
 echo "benchmarks/$dest: ${kib} KiB"

@@ -4,6 +4,7 @@ every part ran and wrote its result, that the correctness checks (each against i
 reference: fp32 chunked log-probs, transformers' logits, a teacher-forced forward pass)
 passed, and that a peer which cannot run here is recorded as skipped with a reason rather
 than dropped."""
+import importlib.util
 import json
 import subprocess
 import sys
@@ -80,4 +81,10 @@ def test_engine_and_grpo_step_report_every_provider(dry_run):
     step = parts["grpo_step"]["grpo_step"]["configs"]["tiny"]
     assert step["rl2f"]["step_s"]["median"] > 0
     assert set(step["rl2f"]) >= {"rollout_s", "logprob_s", "backward_s", "optim_s", "peak_mem_mb"}
-    assert "skipped" in step["trl"] or step["trl"]["step_s"]["median"] > 0
+    # TRL is measured wherever it is installed (CI's benchmark stage installs it): a peer that
+    # fails to start (an import error) is a failure here, never a quiet skip.
+    if all(importlib.util.find_spec(m) for m in ("trl", "peft", "datasets")):
+        assert "error" not in step["trl"] and "skipped" not in step["trl"], step["trl"]
+        assert step["trl"]["step_s"]["median"] > 0
+    else:
+        assert "not installed" in step["trl"]["skipped"], step["trl"]
