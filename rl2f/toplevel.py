@@ -9,7 +9,11 @@ or peft failed to collect.
 
 Each folder's `__init__.py` calls `give_way` when it runs under its top-level name: the
 import is handed to the next provider of that name on sys.path (what Python would have found
-without the repository root), or fails as if the folder were not there.
+without the repository root); where there is none, the name becomes an empty namespace
+package, what Python makes of a stray empty folder. Not an ImportError: libraries probe
+optional packages with `find_spec`, which does see the folder, and transformers 5.19 then
+imports the name and reads "no `__file__`" as "a namespace shadowing on sys.path, not
+installed"; an ImportError there broke `import transformers`.
 
 Why this mechanism and not another:
 - the layout is fixed (top-level `kernels/` and `cli/`), and the root must stay on sys.path,
@@ -22,7 +26,7 @@ Why this mechanism and not another:
 from __future__ import annotations
 
 import sys
-from importlib.machinery import PathFinder
+from importlib.machinery import ModuleSpec, PathFinder
 from importlib.util import module_from_spec
 from pathlib import Path
 
@@ -34,15 +38,15 @@ def _resolved(entry: str) -> Path:
 def give_way(name: str, init_file: str) -> None:
     """Called by `<root>/<name>/__init__.py` when it is being imported as top-level `name`:
     load the next provider of `name` on sys.path in its place (importlib returns what
-    sys.modules holds after the exec, so the caller gets that module), or raise
-    ModuleNotFoundError as Python would without the repository root on sys.path."""
+    sys.modules holds after the exec, so the caller gets that module), or, with none, an
+    empty namespace package: no code of the repository's folder, no `__file__`, no
+    submodules."""
     root = Path(init_file).resolve().parent.parent
     elsewhere = [entry for entry in sys.path if isinstance(entry, str) and _resolved(entry) != root]
     spec = PathFinder.find_spec(name, elsewhere)
     if spec is None:
-        raise ModuleNotFoundError(
-            f"No module named {name!r} (the repository's {name}/ folder is rl2f.{name})", name=name
-        )
+        spec = ModuleSpec(name, None, is_package=True)
+        spec.submodule_search_locations = []
     if spec.loader is None and spec.submodule_search_locations is not None:
         # A namespace package elsewhere: freeze its portions, so that a later recalculation
         # over sys.path does not add the repository's folder to it.

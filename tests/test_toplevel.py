@@ -121,18 +121,27 @@ print(json.dumps([kernels.__file__, rl2f.kernels.__file__, hasattr(rl2f.kernels,
 
 @pytest.mark.parametrize("name", ["kernels", "cli"])
 def test_folder_gives_way_when_nothing_else_provides_the_name(tmp_path, name):
-    """With no other provider on sys.path, `import kernels` / `import cli` from the root fails
-    as if the folder were not there (ModuleNotFoundError), not with the repository's code."""
+    """With no other provider on sys.path, `import kernels` / `import cli` from the root gives
+    what Python makes of a stray empty folder: an empty namespace package (no `__file__`, no
+    submodules, none of the repository's code). Not an ImportError: transformers 5.19 probes
+    `kernels` with find_spec (which sees the folder), imports it, and reads a module without
+    `__file__` as not installed; an ImportError there broke `import transformers`."""
     code = f"""
 import sys
 sys.path[:] = [p for p in sys.path if 'site-packages' not in p] + [{str(ROOT)!r}]
+import {name}
+print(getattr({name}, '__file__', None), list({name}.__path__), sorted(vars({name})))
 try:
-    import {name}
-    print('imported', {name}.__file__)
-except ModuleNotFoundError as e:
-    print('not found', e.name)
+    import {name}.main, {name}.grpo_loss
+    print('submodule imported')
+except ModuleNotFoundError:
+    print('no submodules')
 """
     run = subprocess.run([sys.executable, "-S", "-c", code], cwd=tmp_path, capture_output=True,
                          text=True, timeout=120)
     assert run.returncode == 0, run.stderr[-3000:]
-    assert run.stdout.strip() == f"not found {name}"
+    first, second = run.stdout.strip().splitlines()
+    file, path, names = first.split(" ", 2)
+    assert (file, path) == ("None", "[]")
+    assert not {"token_logprobs", "cli", "give_way", "__all__"} & set(eval(names))
+    assert second == "no submodules"

@@ -8,10 +8,11 @@ decoding harmlessly until the next host sync, every `sync_every` steps, where st
 are checked on decoded text, the loop ends when every row is done, and finished rows are
 dropped from the cache when enough of them pile up. Nothing else in the loop synchronises
 with the host: noise is counter-based (see sampling.py) and outputs are written into
-preallocated buffers. On the CPU (outside torch.distributed) there is no asynchronous
-device to stall, so the default is a host check after every step: no forward is spent on
-a batch whose rows have all stopped (the demo's attempts stop after 6 of their 8 tokens:
-2 of 7 decode forwards saved).
+preallocated buffers. On the CPU there is no asynchronous device to stall, so the default
+is a host check after every step: no forward is spent on a batch whose rows have all
+stopped (the demo's attempts stop after 6 of their 8 tokens: 2 of 7 decode forwards saved).
+Under torch.distributed every rank decodes on its own: a rollout forward makes no
+collective (the trainer holds the model unsharded), so ranks may stop at different steps.
 
 Prefix cache (vLLM's automatic prefix caching, in whole sequences rather than blocks): when
 a batch ends, the keys/values of every finished sequence (prompt + generated tokens, the
@@ -246,7 +247,7 @@ class BuiltinEngine:
         """max_batch_size: sequences decoded together (prompts x samples); max_len: prompt +
         generation tokens per sequence (default: the model's max_position_embeddings);
         sync_every: decode steps between host checks (default: 1 on the CPU, where a check
-        costs nothing, outside torch.distributed; 8 on an accelerator, where each one stalls
+        costs nothing; 8 on an accelerator, where each one stalls
         the queue of launched kernels); compact_fraction: drop finished rows
         from the cache once they are this fraction of the batch; prefix_cache_bytes: memory
         for the keys/values kept between calls (0 = no prefix cache); fold_lora: run student
@@ -263,11 +264,10 @@ class BuiltinEngine:
         self.max_batch_size = int(max_batch_size)
         self.max_len = max_len or getattr(model.config, "max_position_embeddings", None)
         if sync_every is None:
-            # Not under torch.distributed: the two-rank FSDP test deadlocked with it, one rank
-            # in a decode forward's all-gather while the other, whose rows had all stopped,
-            # had left the rollout. Rollout forwards should need no collective (`unsharded`);
-            # why that one did is not found yet, so sharded runs keep 8.
-            sync_every = 1 if model.device.type == "cpu" and not _distributed() else 8
+            # Also under torch.distributed: a rollout forward runs no collective (`unsharded`,
+            # and CausalLM.forward runs the root's FSDP hooks once), so a rank may stop
+            # decoding whenever its own rows have stopped.
+            sync_every = 1 if model.device.type == "cpu" else 8
         self.sync_every = max(1, int(sync_every))
         self.compact_fraction = compact_fraction
         if prefill_group_cost is None:

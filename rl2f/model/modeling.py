@@ -478,7 +478,12 @@ class CausalLM(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 position_ids: torch.Tensor | None = None, cache: KVCache | None = None) -> torch.Tensor:
-        return self.logits(self.hidden_states(input_ids, attention_mask, position_ids, cache))  # (B, T, V)
+        # self.model, not self.hidden_states: under FSDP2 both forward and hidden_states are
+        # hooked methods of the root, and nesting them ran the root's hooks twice; the inner
+        # post-hook left the root idle, so the outer one resharded it and every decode forward
+        # inside `unsharded()` all-gathered it again (a hang when ranks decode different
+        # numbers of steps; tests/train/test_distributed.py).
+        return self.logits(self.model(input_ids, attention_mask, position_ids, cache))  # (B, T, V)
 
     def new_cache(self, batch_size: int, max_len: int, dtype: torch.dtype | None = None) -> KVCache:
         """An empty preallocated cache for `batch_size` rows of up to `max_len` tokens."""

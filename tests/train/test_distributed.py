@@ -1,14 +1,12 @@
 """Two ranks under torchrun (gloo, CPU, FSDP2) against one process on the same global batch."""
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
+from torchrun import torchrun
 from train_toys import OneSecretTask, equivalence_configs
 
 from rl2f.distributed import Dist
@@ -16,6 +14,8 @@ from rl2f.train.grpo import train_grpo
 from rl2f.train.sft import train_sft
 
 WORKER = Path(__file__).resolve().parent / "dist_worker.py"
+ROLLOUT_WORKER = Path(__file__).resolve().parent / "dist_rollout_worker.py"
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _final(run_dir):
@@ -31,10 +31,8 @@ def test_two_ranks_match_one_process(tmp_path, tiny_ckpt, warm_start, chat_files
     give the same per-step losses and the same fp32 adapter (<= 1e-5) as one process with
     grad_accum = 2: the loss is normalised by the global token count, not per rank or per
     accumulation step, and rollouts depend on the data position, not on the rank."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           str(WORKER), str(tiny_ckpt), str(warm_start), str(chat_files["train"]), str(tmp_path / "dist")]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+    proc = torchrun([str(WORKER), str(tiny_ckpt), str(warm_start), str(chat_files["train"]),
+                     str(tmp_path / "dist")], timeout=240)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
 
     sft_cfg, grpo_cfg = equivalence_configs(tiny_ckpt, chat_files["train"], grad_accum=2)
@@ -55,3 +53,45 @@ def test_two_ranks_match_one_process(tmp_path, tiny_ckpt, warm_start, chat_files
         worst = max(float((a1[k] - a2[k]).abs().max()) for k in a1)
         assert worst <= 1e-5, (method, worst)
         assert any(float(a1[k].abs().max()) > 0 for k in a1 if "lora_B" in k)
+
+
+@pytest.mark.slow
+def test_ranks_decoding_different_numbers_of_steps_make_no_collective(tmp_path, tiny_ckpt):
+    """Inside `unsharded` (how the trainer rolls out) a sharded model's forwards make no
+    collective: rank 1 decodes 11 steps to rank 0's 3 and both reach the all-reduce after it.
+    The engine keeps its CPU default (a host check every step), and the second turn reuses
+    the first turn's keys/values from the prefix cache. (Before: every decode forward
+    all-gathered the root again; the rank that finished first waited in the all-reduce, the
+    other in an all-gather, until gloo's 30-minute timeout.)"""
+    proc = torchrun([str(ROLLOUT_WORKER), str(tiny_ckpt), str(tmp_path)], timeout=120)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert [r["decode_steps_first"] for r in ranks] == [3, 11]  # max_tokens 4 and 12, no stop
+    for r in ranks:
+        assert r["collectives_inside"] == {}, r
+        assert r["ranks_done"] == 2 and r["sync_every"] == 1
+        # turn 2's prompt is turn 1's prompt + answer + feedback: all of turn 1 but its last
+        # sampled token (never fed to the model) comes from the cache
+        assert r["turn2_cached_tokens"] == r["turn2_prompt_tokens"] - 8, r
+
+
+def _cli_train(tmp_path, ckpt, warm, method: str, *sets: str) -> list[dict]:
+    out = tmp_path / method
+    proc = torchrun(["-m", "rl2f.cli", "train", "--method", method, "--config",
+                     str(ROOT / "configs" / f"tiny-{method}.toml"), "--out", str(out),
+                     "--set", f'model.path="{ckpt}"', "--set", f'train.init_adapter="{warm}"',
+                     *[x for kv in sets for x in ("--set", kv)]], timeout=300, cwd=ROOT)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["rlvr", "rl2f"])
+def test_cli_train_on_two_ranks_with_rows_of_different_lengths(tmp_path, tiny_ckpt, warm_start, method):
+    """`torchrun --nproc_per_node=2 -m rl2f.cli train` with the tiny configs (max_new_tokens
+    16, their groups of 32 and 8) from the warm start, whose answers stop after a few tokens,
+    each at its own length: every step completes on both ranks (both hung, killed after 90 s,
+    when decode forwards all-gathered)."""
+    metrics = _cli_train(tmp_path, tiny_ckpt, warm_start, method, "train.max_steps=3",
+                         "rollout.problems_per_batch=2", "train.save_every=3")
+    assert [m["step"] for m in metrics] == [1, 2, 3]
