@@ -95,3 +95,21 @@ def test_cli_train_on_two_ranks_with_rows_of_different_lengths(tmp_path, tiny_ck
     metrics = _cli_train(tmp_path, tiny_ckpt, warm_start, method, "train.max_steps=3",
                          "rollout.problems_per_batch=2", "train.save_every=3")
     assert [m["step"] for m in metrics] == [1, 2, 3]
+
+
+@pytest.mark.slow
+def test_adapter_hand_off_gathers_no_base_weight(tmp_path, tiny_ckpt):
+    """The hand-off to vLLM and checkpoints gather the LoRA tensors alone: the all-gathered
+    bytes equal the adapter's, one gather per LoRA tensor, while gathering the whole model
+    (the old way, `unsharded`) moves at least every base weight; both write the same
+    adapter."""
+    worker = Path(__file__).resolve().parent / "dist_handoff_worker.py"
+    proc = torchrun([str(worker), str(tiny_ckpt), str(tmp_path)], timeout=120)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    r = json.loads((tmp_path / "result.json").read_text())
+    assert r["handoff_bytes"] == r["lora_bytes"] and r["handoff_calls"] == r["n_lora_tensors"], r
+    assert r["unsharded_bytes"] >= r["base_bytes"] > 20 * r["lora_bytes"], r
+    ours = load_file(str(tmp_path / "adapter-only" / "adapter_model.safetensors"))
+    old = load_file(str(tmp_path / "unsharded" / "adapter_model.safetensors"))
+    assert ours.keys() == old.keys() and len(ours) == r["n_lora_tensors"]
+    assert all(torch.equal(ours[k], old[k]) for k in ours)
