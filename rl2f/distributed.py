@@ -9,7 +9,10 @@ how the equivalence test runs it.
 FSDP2 averages gradients over ranks; the trainer instead wants the SUM of per-rank losses
 that are already divided by the global token count, so `loss_scale()` (= world size) undoes
 the average. Rollouts run on every rank with the model unsharded once (`unsharded`): ranks
-decode different numbers of steps, which per-layer all-gathers could not survive.
+decode different numbers of steps, so nothing inside a rollout may make a collective (a
+forward runs the root's FSDP hooks once: see CausalLM.forward). The adapter goes to vLLM and
+to checkpoints with each LoRA tensor gathered alone (`rl2f.lora.adapter_tensors`), never the
+base weights.
 
 Launch: `torchrun --nproc_per_node=N -m rl2f.cli train ...` (nccl on GPUs, gloo on CPU).
 """
