@@ -141,6 +141,19 @@ def all_reduce_max(value: int, d: Dist) -> int:
     return int(t.item())
 
 
+def any_rank(flag: bool) -> bool:
+    """Whether `flag` holds on any rank: one all-reduce over the default group, so every rank
+    must call it at the same point; `flag` itself outside torch.distributed. For engines whose
+    every `generate()` is a collective (vLLM data-parallel replicas): a loop goes on while
+    any rank has work, the others making the same calls with nothing in them."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return bool(flag)
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else "cpu"
+    t = torch.tensor([int(bool(flag))], dtype=torch.int64, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
+
+
 def barrier(d: Dist) -> None:
     if d.enabled:
         dist.barrier()

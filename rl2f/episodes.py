@@ -28,6 +28,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Iterable, Iterator
 
+from rl2f.distributed import any_rank
 from rl2f.errors import UserError
 from rl2f.jsonl import read_jsonl
 from rl2f.roles import Role
@@ -233,8 +234,12 @@ class EpisodeRunner:
         problems = fitting
         by_problem = {p.id: p for p in problems}
         active = list(range(len(episodes)))
+        # A collective engine (vLLM replicas under torchrun) needs the same generate() calls on
+        # every rank: the turns go on while any rank has an active episode, and the teacher is
+        # called every turn, with nothing in the calls of a rank that is done.
+        lockstep = getattr(self.engine, "collective", False)
         for turn in range(self.max_turns):
-            if not active:
+            if not (any_rank(bool(active)) if lockstep else active):
                 break
             if turn == 0:
                 # Same prompt for the whole group: prefill once per problem, fan out to G samples.
@@ -271,7 +276,7 @@ class EpisodeRunner:
                     needs_feedback.append(i)
                     requests.append(FeedbackRequest(problem, c.text, verdict, list(ep.messages), list(ep.token_ids)))
 
-            feedback = self.teacher.feedback(requests) if requests else []
+            feedback = self.teacher.feedback(requests) if requests or lockstep else []
             going_on = []
             for i, fb in zip(needs_feedback, feedback):
                 ep = episodes[i]

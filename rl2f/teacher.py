@@ -27,6 +27,7 @@ import zlib
 from dataclasses import dataclass, field, replace
 
 from rl2f.engine.types import SamplingParams
+from rl2f.distributed import any_rank
 from rl2f.errors import UserError
 from rl2f.leak_guard import GENERIC_HINT, LeakGuard
 from rl2f.tasks.base import Problem, Task, Verdict
@@ -145,8 +146,9 @@ class LLMJudge:
         return self.tokenizer.apply_chat(messages, add_generation_prompt=True)
 
     def judge(self, messages: list[str], problems: list[Problem]) -> list[bool]:
-        """One verdict per (message, problem), in one engine call."""
-        if not messages:
+        """One verdict per (message, problem), in one engine call (an empty one too, where the
+        engine is a collective: see LLMTeacher.feedback)."""
+        if not messages and not getattr(self.engine, "collective", False):
             return []
         prompts = [self._prompt(m, p) for m, p in zip(messages, problems)]
         outs = self.engine.generate(prompts, self.sampling_params, use_adapter=False)
@@ -188,8 +190,11 @@ class LLMTeacher:
         results: list[Feedback | None] = [None] * len(requests)
         reasons: list[list[str]] = [[] for _ in requests]
         pending = list(range(len(requests)))
+        # With a collective engine every rank drafts (and judges) as many rounds as the rank
+        # with the most redraws, its own calls empty once it has nothing pending.
+        lockstep = getattr(self.engine, "collective", False)
         for attempt in range(self.max_tries):
-            if not pending:
+            if not (any_rank(bool(pending)) if lockstep else pending):
                 break
             # A redraw with the first draw's seed would repeat a leaking draft word for word.
             params = _seeded(self.sampling_params, f"teacher-try-{attempt}")
@@ -201,7 +206,7 @@ class LLMTeacher:
                 if check.leaked:
                     leaked[i] = check.reason
             clean = [i for i in pending if i not in leaked]
-            if self.judge is not None and clean:
+            if self.judge is not None and (clean or lockstep):
                 verdicts = self.judge.judge([drafts[i] for i in clean], [requests[i].problem for i in clean])
                 for i, yes in zip(clean, verdicts):
                     if yes:

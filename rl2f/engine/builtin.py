@@ -232,6 +232,8 @@ def _folded_lora(model: torch.nn.Module):
 class BuiltinEngine:
     """Batched generation with our `CausalLM`; vLLM-shaped `generate`."""
 
+    collective = False  # each rank generates on its own (see the module docstring)
+
     def __init__(
         self,
         model: torch.nn.Module,

@@ -88,7 +88,12 @@ class Engine(Protocol):
     """What the episode runner, the trainer and the evaluator need of a rollout engine.
 
     Student requests (`use_adapter=True`) run the adapter chosen by the last `set_adapter`;
-    teacher and reference requests (`use_adapter=False`) always run the base weights."""
+    teacher and reference requests (`use_adapter=False`) always run the base weights.
+    `collective`: every `generate()` is a collective over the torchrun ranks (vLLM's
+    data-parallel replicas), so every rank must make the same calls, empty where it has
+    nothing to ask."""
+
+    collective: bool
 
     def generate(self, prompts: Sequence[Sequence[int] | str],
                  sampling_params: "SamplingParams | Sequence[SamplingParams] | None" = None,

@@ -170,6 +170,10 @@ class VLLMEngine:
             # One engine per torchrun rank: each rank is a data-parallel replica in vLLM's world;
             # with the default of 1, rank 1 fails to join it ("rank < size" in gloo).
             kw.setdefault("data_parallel_size", int(os.environ.get("WORLD_SIZE", "1")))
+        # Data-parallel replicas all-reduce "unfinished" every engine step, so every generate()
+        # is a collective: callers make the same number of calls on every rank, empty ones
+        # where a rank has nothing to ask (`rl2f.distributed.any_rank`).
+        self.collective = int(kw.get("data_parallel_size", 1)) > 1
         args = dict(model=str(model_path), enable_lora=True, max_lora_rank=max_lora_rank,
                     logprobs_mode="processed_logprobs", **kw)
         if kv_cache_gib is not None:

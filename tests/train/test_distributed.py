@@ -134,3 +134,23 @@ def test_cli_rl2f_on_two_ranks_with_smollm2(tmp_path, smollm2_dir):
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1] and rows[0]["attempts_total"] > 0
     assert (out / "checkpoints" / "latest").read_text().strip() == "step-000001"
+
+
+@pytest.mark.slow
+def test_collective_engine_gets_the_same_calls_on_every_rank(tmp_path, tiny_ckpt):
+    """With an engine whose every generate() is a collective (vLLM's data-parallel replicas),
+    the episode runner, the LLM teacher and its judge make the same calls on every rank: rank
+    0 with no problem at all makes rank 1's calls with nothing in them, through rank 1's three
+    turns and its teacher's leak redraws. (Before, rank 0 made no call and rank 1 waited in
+    its first one: vLLM's per-step all-reduce never returned.)"""
+    worker = Path(__file__).resolve().parent / "dist_lockstep_worker.py"
+    proc = torchrun([str(worker), str(tiny_ckpt), str(tmp_path)], timeout=120)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    idle, busy = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert busy["turns"] == [3, 3, 3, 3] and idle["episodes"] == 0
+    assert [who for _, who in idle["calls"]] == [who for _, who in busy["calls"]]
+    assert all(n == 0 for n, _ in idle["calls"])
+    student_calls = [n for n, who in busy["calls"] if who == "student"]
+    assert student_calls == [2, 4, 4]  # turn 1: 2 prompts fanned out to groups of 2
+    # per feedback turn: a draft and a judge call, then the redraw of the flagged drafts
+    assert len(busy["calls"]) - len(student_calls) > 2 * 2
