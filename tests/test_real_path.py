@@ -94,3 +94,64 @@ def test_rl2f_on_the_real_path(tmp_path, monkeypatch, smollm2_dir):
     prompt, got = judged[-1]
     want = builtin.generate([prompt], SamplingParams(temperature=0.0, max_tokens=len(got)))[0].outputs[0].token_ids
     assert list(got) == list(want)
+
+
+def _random_adapter(model_dir, path):
+    """A LoRA adapter with B drawn too: the student differs from the base from step 1 on."""
+    from rl2f.lora import apply_lora, lora_layers, save_adapter
+    from rl2f.model import load_model
+
+    start = apply_lora(load_model(model_dir), rank=8, alpha=16, seed=0)
+    with torch.no_grad():
+        for _, m in lora_layers(start):
+            m.lora_B.normal_(0, 0.02)
+    return save_adapter(start, path)
+
+
+@pytest.mark.slow
+def test_rl2f_through_vllm_on_two_ranks_equals_one_process(tmp_path, smollm2_dir):
+    """`torchrun --nproc_per_node=2 -m rl2f.cli train --method rl2f` through real vLLM (one
+    data-parallel replica per rank, each generate() a collective) with the LLM teacher and
+    judge on SmolLM2, 3 turns, whose episodes end when solved and whose teachers redraw
+    leaking drafts, each rank on its own: the run completes, and its per-step losses and final
+    fp32 adapter equal one process with grad_accum 2 (the same global batch). (The calls in
+    lockstep are pinned exactly by tests/train/test_distributed.py with a stand-in engine.)"""
+    _require_vllm()
+    import sys
+
+    from safetensors.torch import load_file
+
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "train"))
+    from torchrun import torchrun
+
+    init = _random_adapter(smollm2_dir, tmp_path / "init-adapter")
+    common = ["--config", CONFIG, "--set", f'model.path="{smollm2_dir}"', "--set", f'train.init_adapter="{init}"',
+              "--set", "train.max_steps=2", "--set", "rollout.max_turns=3", "--set", "train.save_every=2"]
+    root = os.path.join(os.path.dirname(__file__), "..")
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    two = torchrun(["-m", "rl2f.cli", "train", "--method", "rl2f", "--out", str(tmp_path / "two"), *common],
+                   timeout=900, cwd=root, env=env)
+    assert two.returncode == 0, two.stdout[-3000:] + two.stderr[-3000:]
+    from click.testing import CliRunner
+
+    from rl2f.cli.main import cli
+
+    one = CliRunner().invoke(cli, ["train", "--method", "rl2f", "--out", str(tmp_path / "one"), *common,
+                                   "--set", "train.grad_accum=2"])
+    assert one.exit_code == 0, one.output + repr(one.exception)
+
+    def final(run):
+        rows = [json.loads(line) for line in (tmp_path / run / "metrics.jsonl").read_text().splitlines()]
+        ckpt = tmp_path / run / "checkpoints" / "step-000002" / "adapter" / "adapter_model.safetensors"
+        return rows, load_file(str(ckpt))
+
+    (m2, a2), (m1, a1) = final("two"), final("one")
+    assert [r["step"] for r in m2] == [1, 2]
+    # not an equality of two untouched adapters: a step updated it (step 1: an episode solved
+    # at turn 1 beside episodes that went on to turn 3)
+    assert any(not r["skipped"] and r["loss_tokens"] > 0 for r in m1), m1
+    for x, y in zip(m1, m2):
+        assert x["tokens"] == y["tokens"] and x["student_tokens"] == y["student_tokens"], (m1, m2)
+        assert x["loss"] == pytest.approx(y["loss"], rel=1e-4, abs=1e-6), (m1, m2)
+    worst = max(float((a1[k] - a2[k]).abs().max()) for k in a1)
+    assert a1.keys() == a2.keys() and worst <= 1e-5, worst
