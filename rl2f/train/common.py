@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from rl2f.config import RunConfig, TrainSection
-from rl2f.distributed import Dist, all_reduce_sum, init_distributed, loss_scale
+from rl2f.distributed import Dist, all_reduce_sum, init_distributed, loss_scale, max_over_ranks
 from rl2f.errors import UserError
 from rl2f.lora import lora_parameters
 from rl2f.run import Run, build_run
@@ -265,9 +265,12 @@ class Loop:
                 t0 = time.perf_counter()
                 record = step()
                 seconds = time.perf_counter() - t0
+                # memory and phase times: the maximum over ranks, not rank 0's own
+                per_rank = max_over_ranks({"peak_mem_mb": peak_memory_mb(self.dist.device),
+                                           **{f"{k}_s": v for k, v in self.timer.reset().items()}}, self.dist)
                 record = {"step": self.step, **record, "tokens_per_s": record["tokens"] / seconds,
-                          "peak_mem_mb": peak_memory_mb(self.dist.device), "adapter_version": self.step,
-                          **self.totals, **{f"{k}_s": v for k, v in self.timer.reset().items()}}
+                          "peak_mem_mb": per_rank.pop("peak_mem_mb"), "adapter_version": self.step,
+                          **self.totals, **per_rank}
                 final = self.step == total_steps or done()
                 save_every = self.cfg.train.save_every
                 if final or (save_every and self.step % save_every == 0):

@@ -154,3 +154,20 @@ def test_collective_engine_gets_the_same_calls_on_every_rank(tmp_path, tiny_ckpt
     assert student_calls == [2, 4, 4]  # turn 1: 2 prompts fanned out to groups of 2
     # per feedback turn: a draft and a judge call, then the redraw of the flagged drafts
     assert len(busy["calls"]) - len(student_calls) > 2 * 2
+
+
+@pytest.mark.slow
+def test_metrics_report_the_maximum_over_ranks(tmp_path, tiny_ckpt):
+    """Rank 0 writes the metrics, but peak memory (and each phase's time) is the maximum over
+    ranks: with rank 1 holding 800 MB more, every row's peak_mem_mb is at least rank 1's peak,
+    a number rank 0 never reached itself."""
+    worker = Path(__file__).resolve().parent / "dist_memory_worker.py"
+    proc = torchrun([str(worker), str(tiny_ckpt), str(tmp_path)], timeout=240)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    r0, r1 = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert r1["after_filling"] > r0["end"] + 300, (r0, r1)
+    rows = [json.loads(line) for line in (tmp_path / "grpo" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3]
+    for row in rows:
+        assert r1["after_filling"] <= row["peak_mem_mb"] <= r1["end"], (row["peak_mem_mb"], r0, r1)
+        assert all(row[k] >= 0 for k in row if k.endswith("_s"))
