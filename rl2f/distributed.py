@@ -141,14 +141,20 @@ def all_reduce_max(value: int, d: Dist) -> int:
     return int(t.item())
 
 
+def gather_objects(obj, d: Dist) -> list:
+    """Every rank's `obj` (picklable), in rank order; [obj] outside torch.distributed."""
+    if not d.enabled:
+        return [obj]
+    gathered = [None] * d.world_size
+    dist.all_gather_object(gathered, obj)
+    return gathered
+
+
 def max_over_ranks(values: dict[str, float], d: Dist) -> dict[str, float]:
     """Each value's maximum over ranks (a key missing on a rank is skipped there): the
     fullest rank sets the memory limit and the slowest the pace, so rank 0's own numbers say
     little of a step. One object all-gather; every rank must call it."""
-    if not d.enabled:
-        return dict(values)
-    gathered: list[dict[str, float]] = [{} for _ in range(d.world_size)]
-    dist.all_gather_object(gathered, dict(values))
+    gathered = gather_objects(dict(values), d)
     keys = dict.fromkeys(k for g in gathered for k in g)
     return {k: max(g[k] for g in gathered if k in g) for k in keys}
 

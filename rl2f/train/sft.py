@@ -39,7 +39,7 @@ from pathlib import Path
 import torch
 
 from rl2f.config import RunConfig
-from rl2f.distributed import Dist, unsharded
+from rl2f.distributed import Dist, gather_objects, unsharded
 from rl2f.episodes import Episode
 from rl2f.errors import UserError
 from rl2f.jsonl import read_jsonl
@@ -111,11 +111,19 @@ def generated_sequences(cfg: RunConfig, run, out_dir: Path | None = None) -> lis
         return [episode_sequence(Episode.from_dict(json.loads(l))) for l in saved.read_text().splitlines() if l]
     problems = train_problems(cfg, run.task)
     runner = training_runner(run)
-    episodes = []
+    ppb, d = cfg.rollout.problems_per_batch, run.dist
+    batches = [problems[b : b + ppb] for b in range(0, len(problems), ppb)]
+    # Batch j is played by rank j % world_size (each rank does its share, not all of it);
+    # the episodes are gathered back in batch order, so every rank trains on the same list
+    # as one process would. A rank short of a batch in the last round plays an empty one (a
+    # collective engine needs its calls). Sampling is keyed by problem, not by rank.
+    rounds = []
     with unsharded(run.model):
-        for b in range(0, len(problems), cfg.rollout.problems_per_batch):
-            chunk = problems[b : b + cfg.rollout.problems_per_batch]
-            episodes += runner.run(chunk, cfg.rollout.group_size, seed=0, adapter_version=0)
+        for first in range(0, len(batches), d.world_size):
+            mine = batches[first + d.rank] if first + d.rank < len(batches) else []
+            rounds.append(runner.run(mine, cfg.rollout.group_size, seed=0, adapter_version=0))
+    by_rank = gather_objects(rounds, d)  # [rank][round] -> episodes
+    episodes = [e for k in range(len(rounds)) for r in range(d.world_size) for e in by_rank[r][k]]
     solved = [e for e in episodes if e.solved_at is not None]
     if not solved:
         raise UserError(f"train.sft_data is empty and the model solved none of {len(episodes)} generated "

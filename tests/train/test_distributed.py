@@ -171,3 +171,33 @@ def test_metrics_report_the_maximum_over_ranks(tmp_path, tiny_ckpt):
     for row in rows:
         assert r1["after_filling"] <= row["peak_mem_mb"] <= r1["end"], (row["peak_mem_mb"], r0, r1)
         assert all(row[k] >= 0 for k in row if k.endswith("_s"))
+
+
+@pytest.mark.slow
+def test_sft_generation_is_split_over_ranks(tmp_path, tiny_ckpt, warm_start):
+    """SFT without a data file plays its dialogues in process: on 2 ranks each plays its
+    share of the problems (disjoint shares, every problem once) and the dialogues kept are
+    those of one process, in the same order."""
+    from click.testing import CliRunner
+
+    from rl2f.cli.main import cli
+
+    worker = Path(__file__).resolve().parent / "dist_sft_worker.py"
+    args = ["--method", "sft", "--config", str(ROOT / "configs" / "tiny-sft.toml"), "--set", f'model.path="{tiny_ckpt}"',
+            "--set", f'train.init_adapter="{warm_start}"', "--set", "task.n_train=20", "--set",
+            "rollout.problems_per_batch=4", "--set", "train.max_steps=1"]
+    proc = torchrun([str(worker), str(tmp_path), *args, "--out", str(tmp_path / "two")], timeout=240)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    one = CliRunner().invoke(cli, ["train", *args, "--set", "train.grad_accum=2", "--out", str(tmp_path / "one")])
+    assert one.exit_code == 0, one.output + repr(one.exception)
+    played = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert len(played[0]) == 12 and len(played[1]) == 8  # batches 0, 2, 4 and 1, 3 of 4 problems
+    assert not set(played[0]) & set(played[1]) and len(set(played[0] + played[1])) == 20
+    two, one = [[json.loads(line) for line in (tmp_path / run / "sft-dialogues.jsonl").read_text().splitlines()]
+                for run in ("two", "one")]
+    assert two and len(two) == len(one)
+    for a, b in zip(two, one):
+        # the same dialogues token for token; the sampling log-probs to float round-off (one
+        # process folds the adapter into its weights for sampling, a sharded model cannot)
+        la, lb = a.pop("sampling_logprobs"), b.pop("sampling_logprobs")
+        assert a == b and la == pytest.approx(lb, abs=1e-4)
