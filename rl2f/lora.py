@@ -380,17 +380,18 @@ def adapter_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
     return tensors
 
 
-def save_adapter(model: nn.Module, directory: str | os.PathLike,
-                 tensors: dict[str, torch.Tensor] | None = None) -> Path:
-    """Write the adapter as a PEFT directory: `tensors` from `adapter_tensors` (which, under
-    FSDP2, every rank must call), else this process's own. Atomic: files go to a temporary
-    sibling directory which is then renamed into place, so a crash leaves the old adapter or
-    the new one, never half of one. A write error is an OSError naming the file."""
+def save_adapter(model: nn.Module, directory: str | os.PathLike, write: bool = True) -> Path:
+    """Write the adapter as a PEFT directory. Under FSDP2 every rank calls this (the LoRA
+    tensors are gathered, a collective: `adapter_tensors`) and one writes (`write`, e.g.
+    `d.is_main`). Atomic: files go to a temporary sibling directory which is then renamed
+    into place, so a crash leaves the old adapter or the new one, never half of one. A write
+    error is an OSError naming the file."""
     if getattr(model, "lora_config", None) is None:
         raise UserError(f"save_adapter({directory}): the model has no LoRA applied")
     directory = Path(directory)
-    if tensors is None:
-        tensors = adapter_tensors(model)
+    tensors = adapter_tensors(model)
+    if not write:
+        return directory
 
     with atomic_directory(directory) as tmp:
         _save_safetensors(tensors, tmp / WEIGHTS_FILE)

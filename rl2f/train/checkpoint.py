@@ -35,7 +35,7 @@ import torch
 from rl2f.config import RunConfig, from_dict, to_dict
 from rl2f.distributed import Dist, barrier
 from rl2f.errors import UserError
-from rl2f.lora import adapter_tensors, save_adapter
+from rl2f.lora import save_adapter
 
 KEEP = 2
 # Config keys a resumed run may change: when to stop (max_steps, not below the saved step;
@@ -92,9 +92,7 @@ def save_checkpoint(out_dir: str | Path, d: Dist, model, optimizer, scheduler, c
             (tmp / "rng").mkdir(parents=True)
         barrier(d)
         osd = get_optimizer_state_dict(model, optimizer, options=_osd_options(cpu_offload=True))
-        tensors = adapter_tensors(model)  # every rank: gathers the LoRA tensors alone
-        if d.is_main:
-            save_adapter(model, tmp / "adapter", tensors)
+        save_adapter(model, tmp / "adapter", write=d.is_main)  # every rank gathers the LoRA tensors alone
         torch.save(rng_state(), tmp / "rng" / f"rank{d.rank}.pt")
         if d.is_main:
             row = None if metrics_row is None else {**metrics_row, "checkpoint": str(final)}

@@ -55,7 +55,7 @@ from rl2f.config import RunConfig
 from rl2f.distributed import Dist, all_reduce_max, barrier, unsharded
 from rl2f.episodes import Episode, EpisodeRunner
 from rl2f.errors import UserError
-from rl2f.lora import adapter_tensors, adapters_disabled, save_adapter
+from rl2f.lora import adapters_disabled, save_adapter
 from rl2f.roles import Role
 from rl2f.run import Run, training_runner
 from rl2f.train.batch import TrainSequence, collate, forward_hidden, gather_logprobs, length_buckets
@@ -218,9 +218,7 @@ def hand_off(run: Run, version: int, out_dir: Path) -> None:
     # vLLM: a PEFT directory per version and a new LoRA id (vLLM caches adapters by id).
     adapters = out_dir / "adapters"
     path = adapters / f"v{version:06d}"
-    tensors = adapter_tensors(run.model)  # every rank: gathers the LoRA tensors alone
-    if d.is_main:
-        save_adapter(run.model, path, tensors)
+    save_adapter(run.model, path, write=d.is_main)  # every rank gathers the LoRA tensors alone
     barrier(d)
     engine.set_adapter(version, path)
     barrier(d)

@@ -4,9 +4,9 @@
 
 A LoRA-wrapped, FSDP2-sharded model (as in training, after a step: parameters sharded).
 Counts the bytes every all-gather produces (a dispatch mode sees FSDP's c10d gathers and
-DTensor's functional ones alike) while (a) `adapter_tensors` gathers the adapter the way the
-hand-off and checkpoints do, and (b) `unsharded` gathers the whole model, the old way, as a
-check that the counter sees FSDP's gathers. Rank 0 writes both adapters and OUT/result.json.
+DTensor's functional ones alike) while (a) `save_adapter` gathers and writes the adapter the
+way the hand-off and checkpoints do, and (b) `unsharded` gathers the whole model, the old
+way, as a check that the counter sees FSDP's gathers. Rank 0 writes both adapters and OUT/result.json.
 """
 import json
 import sys
@@ -16,7 +16,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from rl2f.distributed import barrier, init_distributed, shard_model, shutdown, unsharded
-from rl2f.lora import adapter_tensors, apply_lora, lora_parameters, save_adapter
+from rl2f.lora import apply_lora, lora_parameters, lora_layers, save_adapter
 from rl2f.model import load_model
 
 
@@ -56,9 +56,7 @@ lora_bytes = sum(p.numel() * p.element_size() for p in lora_parameters(model))
 shard_model(model)
 
 with GatheredBytes() as handoff:
-    tensors = adapter_tensors(model)
-if d.is_main:
-    save_adapter(model, Path(out) / "adapter-only", tensors)
+    save_adapter(model, Path(out) / "adapter-only", write=d.is_main)  # as hand-off and checkpoints do
 barrier(d)
 with GatheredBytes() as whole:
     with unsharded(model):
@@ -67,7 +65,7 @@ with GatheredBytes() as whole:
 barrier(d)
 if d.is_main:
     Path(out, "result.json").write_text(json.dumps({
-        "base_bytes": base_bytes, "lora_bytes": lora_bytes, "n_lora_tensors": len(tensors),
+        "base_bytes": base_bytes, "lora_bytes": lora_bytes, "n_lora_tensors": 2 * len(list(lora_layers(model))),
         "handoff_bytes": handoff.bytes, "handoff_calls": handoff.calls,
         "unsharded_bytes": whole.bytes, "unsharded_calls": whole.calls}))
 shutdown(d)
