@@ -164,12 +164,13 @@ def any_rank(flag: bool) -> bool:
     must call it at the same point; `flag` itself outside torch.distributed. For engines whose
     every `generate()` is a collective (vLLM data-parallel replicas): a loop goes on while
     any rank has work, the others making the same calls with nothing in them."""
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+    if not (dist.is_available() and dist.is_initialized()):
         return bool(flag)
-    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else "cpu"
-    t = torch.tensor([int(bool(flag))], dtype=torch.int64, device=device)
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return bool(t.item())
+    # the callers (episode runner, teacher) hold no Dist: the default group's, with nccl's device
+    cuda = dist.get_backend() == "nccl"
+    here = Dist(dist.get_rank(), dist.get_world_size(),
+                device=torch.device("cuda", torch.cuda.current_device()) if cuda else torch.device("cpu"))
+    return all_reduce_max(int(bool(flag)), here) > 0
 
 
 def barrier(d: Dist) -> None:
