@@ -210,6 +210,8 @@ class RolloutSection:
     leak_guard_tries: int = 3  # regenerations of a leaking LLM-teacher message before the fallback
     leak_judge: bool = False  # LLM teacher: the base model also judges each draft the string checks pass
     vllm_kv_cache_gib: float = 0.0  # vLLM KV cache in GiB; 0 = GPU: a share of its memory, CPU: VLLM_CPU_KVCACHE_SPACE or 2
+    vllm_gpu_memory_utilization: float = 0.45  # GPU: the share of each GPU vLLM reserves (weights + KV cache); the trainer gets the rest
+    vllm_sleep: bool = False  # GPU only: vLLM sleeps while the trainer trains (weights to host memory, KV cache freed)
     problems_per_batch: int = 8  # problems rolled out together (x group_size episodes)
     # A dialogue that outgrows the model's context: "skip" ends the episode before the turn that
     # no longer fits (recorded as context_full, counted in the metrics) and skips a problem whose
@@ -236,6 +238,11 @@ class RolloutSection:
             raise ValueError(f"prefix_cache_mb must be >= 0, got {self.prefix_cache_mb}")
         if self.vllm_kv_cache_gib < 0:
             raise ValueError(f"vllm_kv_cache_gib must be >= 0, got {self.vllm_kv_cache_gib}")
+        if not 0 < self.vllm_gpu_memory_utilization < 1:
+            raise ValueError(f"vllm_gpu_memory_utilization must be in (0, 1), got {self.vllm_gpu_memory_utilization}")
+        if self.vllm_sleep and self.engine != "vllm":
+            # the built-in engine shares the trainer's weights: there is nothing to put to sleep
+            raise ValueError(f"vllm_sleep = true needs engine = 'vllm'; engine is {self.engine!r}")
 
 
 # The Linear layers LoRA can wrap (rl2f/lora.py), and the short names accepted for them.

@@ -13,6 +13,7 @@ import dataclasses
 import os
 import shutil
 import tempfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +26,7 @@ from rl2f.engine.types import Engine, SamplingParams
 from rl2f.episodes import EpisodeRunner
 from rl2f.errors import UserError
 from rl2f.lora import apply_lora, load_adapter
+from rl2f.memory_plan import over_memory_message
 from rl2f.model import CausalLM, Tokenizer, build_tiny_checkpoint, load_config, load_model, load_tokenizer
 from rl2f.model.loading import check_tokenizer_fits
 from rl2f.tasks import get_task
@@ -74,6 +76,11 @@ def build_run(cfg: RunConfig, d: Dist, adapter: str | Path | None = None, task: 
     lora=False loads the bare base (evaluation puts each evaluated adapter on it in turn);
     with_engine=False skips the engine (SFT on a file of dialogues needs none)."""
     path = resolve_model_path(cfg)
+    if d.device.type == "cuda":  # before loading: an over-full GPU would fail in the first rollout
+        message = over_memory_message(cfg, load_config(path), d.world_size,
+                                      torch.cuda.get_device_properties(d.device).total_memory)
+        if message:
+            warnings.warn(message)
     model = load_model(path, dtype=cfg.model.dtype, device=d.device)
     tokenizer = load_tokenizer(path)
     check_tokenizer_fits(tokenizer, model.config)
@@ -112,13 +119,14 @@ def build_inference_run(cfg: RunConfig, d: Dist, model: CausalLM | None = None,
 def build_engine(cfg: RunConfig, model, tokenizer, path: Path, d: Dist) -> Engine:
     if cfg.rollout.engine == "builtin":
         return make_engine("builtin", model=model, tokenizer=tokenizer, prefix_cache_bytes=cfg.rollout.prefix_cache_mb << 20)
-    # One vLLM engine per rank on its own GPU, beside the trainer: leave it half the memory.
-    # Under torchrun, vLLM joins the existing process group instead of starting its own
+    # One vLLM engine per rank on its own GPU, beside the trainer, which gets what vLLM's
+    # share (rollout.vllm_gpu_memory_utilization) leaves: `rl2f plan-memory` shows both. Under torchrun, vLLM joins the existing process group instead of starting its own
     # (the "external_launcher" executor, as TRL's colocate mode does).
     extra = {"distributed_executor_backend": "external_launcher"} if d.enabled else {}
     return make_engine("vllm", model_path=str(path), tokenizer=tokenizer, max_lora_rank=max(cfg.lora.rank, 8),
-                       gpu_memory_utilization=0.45, seed=cfg.rollout.seed, enable_prefix_caching=True,
-                       dtype=cfg.model.dtype, kv_cache_gib=cfg.rollout.vllm_kv_cache_gib or None, **extra)
+                       gpu_memory_utilization=cfg.rollout.vllm_gpu_memory_utilization, seed=cfg.rollout.seed,
+                       enable_prefix_caching=True, dtype=cfg.model.dtype,
+                       kv_cache_gib=cfg.rollout.vllm_kv_cache_gib or None, sleep_mode=cfg.rollout.vllm_sleep, **extra)
 
 
 def student_sampling(rollout: RolloutSection) -> SamplingParams:

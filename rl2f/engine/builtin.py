@@ -301,6 +301,13 @@ class BuiltinEngine:
         if self.prefix_cache is not None:
             self.prefix_cache.clear()
 
+    def sleep(self) -> None:
+        """Between a rollout and training: the prefix cache goes (see `Engine.sleep`)."""
+        self.release()
+
+    def wake(self) -> None:
+        pass
+
     def _weights_version(self) -> int:
         """Moves whenever a parameter is replaced or written in place (its version counter)."""
         return hash(tuple((id(p), p._version) for p in self.model.parameters()))

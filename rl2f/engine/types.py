@@ -105,6 +105,17 @@ class Engine(Protocol):
         model, takes None to mean "the weights the model holds now"."""
         ...
 
+    def sleep(self) -> None:
+        """A rollout is over and training follows: give back the memory that only sampling
+        uses. Built-in engine: the prefix cache (its entries are of the weights the coming
+        optimiser step changes). vLLM with `sleep_mode`: its weights move to host memory and
+        its KV cache is freed. The next `generate` must come after `wake()`."""
+        ...
+
+    def wake(self) -> None:
+        """Undo `sleep()` before the next rollout (a no-op when awake)."""
+        ...
+
 
 def per_request(value, n: int, name: str) -> list:
     """A single value for all n requests, or a list with one per request."""

@@ -20,7 +20,10 @@ for log-probs with truncation on is refused, and so is a vLLM without `logprobs_
 
 Memory: on a GPU the KV cache gets `gpu_memory_utilization` of the device (minus the model);
 on the CPU that number would be a share of RAM, so there the KV cache is `kv_cache_gib`, else
-vLLM's `VLLM_CPU_KVCACHE_SPACE` (GiB) when set, else `CPU_KV_CACHE_GIB`.
+vLLM's `VLLM_CPU_KVCACHE_SPACE` (GiB) when set, else `CPU_KV_CACHE_GIB`. `sleep_mode=True`
+(GPU only: vLLM's sleep mode is built on CUDA's virtual memory API) makes `sleep()` a level-1
+sleep, the weights copied to host memory and the KV cache freed while the trainer trains,
+and `wake()` bring them back; without it both are no-ops.
 """
 from __future__ import annotations
 
@@ -159,10 +162,15 @@ class VLLMEngine:
         max_lora_rank: int = 64,
         gpu_memory_utilization: float = 0.85,
         kv_cache_gib: float | None = None,
+        sleep_mode: bool = False,
         self_check: bool = True,
         **kw: Any,
     ):
         vllm, self._LoRARequest = _import_vllm()
+        if sleep_mode and _on_cpu():
+            raise UserError("rollout.vllm_sleep = true needs a GPU: vLLM's sleep mode is built on CUDA's "
+                            "virtual memory API, and this vLLM runs on the CPU; set rollout.vllm_sleep = false")
+        self.sleep_mode, self._asleep = sleep_mode, False
         self._vllm = vllm
         self.tokenizer = tokenizer
         self.model_path = Path(model_path)
@@ -176,6 +184,8 @@ class VLLMEngine:
         self.collective = int(kw.get("data_parallel_size", 1)) > 1
         args = dict(model=str(model_path), enable_lora=True, max_lora_rank=max_lora_rank,
                     logprobs_mode="processed_logprobs", **kw)
+        if sleep_mode:
+            args["enable_sleep_mode"] = True
         if kv_cache_gib is not None:
             args["kv_cache_memory_bytes"] = int(kv_cache_gib * 2**30)
         elif not _on_cpu():
@@ -246,6 +256,17 @@ class VLLMEngine:
         # lora_int_id must be >= 1 and new per version: vLLM caches adapters by id
         self._lora_request = self._LoRARequest(f"v{version}", int(version) + 1, str(path))
 
+    def sleep(self) -> None:
+        """Level 1 (weights to host memory, KV cache dropped) when started with sleep_mode."""
+        if self.sleep_mode and not self._asleep:
+            self.llm.sleep(level=1)
+            self._asleep = True
+
+    def wake(self) -> None:
+        if self._asleep:
+            self.llm.wake_up()
+            self._asleep = False
+
     def _prompt(self, p: Any) -> dict:
         if isinstance(p, str):
             if self.tokenizer is None:
@@ -259,6 +280,8 @@ class VLLMEngine:
         sampling_params: SamplingParams | Sequence[SamplingParams] | None = None,
         use_adapter: bool | Sequence[bool] = True,
     ) -> list[RequestOutput]:
+        if self._asleep:
+            raise RuntimeError("generate() on a sleeping vLLM engine: call wake() first")
         prompts = list(prompts)
         params = per_request(sampling_params or SamplingParams(), len(prompts), "sampling_params")
         flags = per_request(use_adapter, len(prompts), "use_adapter")

@@ -147,6 +147,7 @@ def rollout(run: Run, runner: EpisodeRunner, problems: list, stream: EpochStream
     # The built-in engine samples with the trainer's own (FSDP-sharded) model: unshard it once.
     full = unsharded(run.model) if cfg.rollout.engine == "builtin" else contextlib.nullcontext()
     with timer("rollout"), full:
+        run.engine.wake()
         for k in range(d.rank, chunks, d.world_size):
             start = position + k * P
             chunk = [problems[stream[i]] for i in range(start, start + P)]
@@ -157,6 +158,9 @@ def rollout(run: Run, runner: EpisodeRunner, problems: list, stream: EpochStream
             # (or accumulation step) runs it: one process and N ranks add the same terms.
             micro += [[chunk_seqs[i] for i in b] for b in length_buckets(chunk_seqs, cfg.train.micro_batch)]
             stats += chunk_stats
+        # Training follows: the memory only sampling uses goes back (the prefix cache; a vLLM
+        # with rollout.vllm_sleep sleeps), every rank at the same point.
+        run.engine.sleep()
     return RolloutBatch(episodes, micro, stats)
 
 

@@ -122,6 +122,7 @@ def generated_sequences(cfg: RunConfig, run, out_dir: Path | None = None) -> lis
         for first in range(0, len(batches), d.world_size):
             mine = batches[first + d.rank] if first + d.rank < len(batches) else []
             rounds.append(runner.run(mine, cfg.rollout.group_size, seed=0, adapter_version=0))
+    run.engine.sleep()  # only training follows: what sampling held goes back
     by_rank = gather_objects(rounds, d)  # [rank][round] -> episodes
     episodes = [e for k in range(len(rounds)) for r in range(d.world_size) for e in by_rank[r][k]]
     solved = [e for e in episodes if e.solved_at is not None]

@@ -43,6 +43,12 @@ class CollectiveEngine:
     def set_adapter(self, version, path=None):
         self.inner.set_adapter(version, path)
 
+    def sleep(self):
+        self.inner.sleep()
+
+    def wake(self):
+        self.inner.wake()
+
 
 class FirstDraftLeaks(LeakGuard):
     """Every teacher message leaks at its first draft (a redraw on this rank only)."""

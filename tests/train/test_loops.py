@@ -98,6 +98,12 @@ class SpyEngine:
             self.calls.append((self.version, self._weights()))
         return self.inner.generate(prompts, params, use_adapter=use_adapter)
 
+    def sleep(self):
+        self.inner.sleep()
+
+    def wake(self):
+        self.inner.wake()
+
 
 def test_adapter_hand_off_no_stale_episodes(tmp_path, tiny_ckpt, warm_start, monkeypatch):
     """After each optimiser step the new version reaches the engine before the next rollout:
