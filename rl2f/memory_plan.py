@@ -116,6 +116,7 @@ class MemoryPlan:
     device_bytes: int | None  # per GPU (or the machine's RAM); None = not checked
     shapes: Shapes
     phases: list[Phase]
+    notes: list[str] = dataclasses.field(default_factory=list)
 
     @property
     def peak(self) -> Phase:
@@ -128,7 +129,7 @@ class MemoryPlan:
         return {"world_size": self.world_size, "device": self.device, "device_bytes": self.device_bytes,
                 "shapes": dataclasses.asdict(self.shapes), "peak_phase": self.peak.name,
                 "peak_bytes": self.peak.total, "headroom_bytes": self.headroom(),
-                "phases": {p.name: {"total": p.total, **p.items} for p in self.phases}}
+                "phases": {p.name: {"total": p.total, **p.items} for p in self.phases}, "notes": self.notes}
 
     def table(self) -> str:
         """The plan as text: one block per phase, GiB per item."""
@@ -139,6 +140,7 @@ class MemoryPlan:
         for p in self.phases:
             lines.append(f"{p.name:<42} {p.total / unit:10.2f} {name}")
             lines += [f"  {k:<40} {v / unit:10.2f}" for k, v in p.items.items() if v]
+        lines += [f"note: {n}" for n in self.notes]
         peak = self.peak
         if self.device_bytes is not None:
             room = self.headroom()
@@ -182,7 +184,7 @@ def plan_memory(cfg: RunConfig, mc: ModelConfig, world_size: int = 1, device: st
     # --- rollout
     rows = shapes.rows
     kv_per_token = 2 * L * kv_width * s
-    vllm = {}
+    vllm, notes = {}, []
     if r.engine == "builtin":
         rollout = {}
         if W > 1:
@@ -204,6 +206,14 @@ def plan_memory(cfg: RunConfig, mc: ModelConfig, world_size: int = 1, device: st
         if device == "cuda":
             reserved = int(r.vllm_gpu_memory_utilization * device_bytes) if device_bytes else weights
             vllm = {"vLLM (gpu_memory_utilization share)": reserved}
+            # vLLM holds the whole model (no FSDP); its KV cache gets the rest of its share, and
+            # keeps only the window of a sliding-window layer
+            columns = sum(shapes.context_tokens if kind != "sliding_attention" else
+                          min(shapes.context_tokens, mc.sliding_window) for kind in mc.layer_types)
+            room, need = reserved - weights, rows * columns * 2 * kv_width * s
+            notes.append(f"vLLM's share leaves its KV cache at most {room / GiB:.1f} GiB after its "
+                         f"{weights / GiB:.1f} GiB of weights; {rows} rows at their longest need {need / GiB:.1f} GiB "
+                         f"({'fits' if need <= room else 'vLLM queues the rows that do not fit'})")
         else:
             kv_gib = r.vllm_kv_cache_gib or 2.0
             vllm = {"vLLM weights": weights, "vLLM KV cache": int(kv_gib * GiB)}
@@ -240,7 +250,7 @@ def plan_memory(cfg: RunConfig, mc: ModelConfig, world_size: int = 1, device: st
     # --- optimiser step
     optim = {"adapter gradients (fp32)": _ceil_div(lora, W)}
     phases.append(Phase("optim", {**resident, **adam, **vllm, **optim}))
-    return MemoryPlan(W, device, device_bytes, shapes, phases)
+    return MemoryPlan(W, device, device_bytes, shapes, phases, notes)
 
 
 def _layer_activation_bytes(mc: ModelConfig, s: int, rank: int, n_targets: int, device: str) -> int:
