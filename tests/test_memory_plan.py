@@ -108,6 +108,7 @@ def test_committed_12b_plan_is_what_the_cli_prints_and_fits():
     out = _cli(*args)
     assert out.returncode == 0, out.stderr
     assert out.stdout.splitlines() == expected
+    assert expected[-1] in (ROOT / "README.md").read_text()  # the verdict the README quotes
     plan = json.loads(_cli(*args, "--json").stdout)
     assert plan["world_size"] == 2 and plan["headroom_bytes"] > 5 * GiB
     assert plan["peak_bytes"] == max(p["total"] for p in plan["phases"].values())

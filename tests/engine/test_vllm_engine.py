@@ -171,6 +171,55 @@ def test_engine_requests_and_lora_hot_swap(fake_vllm):
         eng.set_adapter(6)
 
 
+def test_sleep_mode_on_a_gpu_and_refused_on_the_cpu(fake_vllm, monkeypatch):
+    """sleep_mode starts vLLM with enable_sleep_mode; sleep() is one level-1 sleep (repeats are
+    no-ops), generate() while asleep is an error, wake() wakes it once. Without sleep_mode both
+    are no-ops. On vLLM's CPU platform sleep_mode is refused by its config key's name."""
+    calls = []
+    monkeypatch.setattr(_FakeLLM, "sleep", lambda self, level=1: calls.append(("sleep", level)), raising=False)
+    monkeypatch.setattr(_FakeLLM, "wake_up", lambda self: calls.append("wake"), raising=False)
+    eng = make_engine("vllm", model_path="/ckpt", tokenizer=_Tok(), sleep_mode=True, self_check=False)
+    assert _FakeLLM.instances[-1].init_kwargs["enable_sleep_mode"] is True
+    eng.wake()  # awake already: nothing to do
+    eng.sleep()
+    eng.sleep()
+    with pytest.raises(RuntimeError, match="sleeping"):
+        eng.generate([[1]], SamplingParams())
+    eng.wake()
+    eng.generate([[1]], SamplingParams())
+    assert calls == [("sleep", 1), "wake"]
+    plain = make_engine("vllm", model_path="/ckpt", tokenizer=_Tok(), self_check=False)
+    assert "enable_sleep_mode" not in _FakeLLM.instances[-1].init_kwargs
+    plain.sleep()
+    plain.generate([[1]], SamplingParams())
+    assert calls == [("sleep", 1), "wake"]
+    monkeypatch.setattr(fake_vllm.platforms.current_platform, "is_cpu", lambda: True)
+    with pytest.raises(UserError, match=r"rollout.vllm_sleep = true needs a GPU"):
+        make_engine("vllm", model_path="/ckpt", sleep_mode=True, self_check=False)
+
+
+def test_run_config_reaches_vllm(fake_vllm, tmp_path, monkeypatch):
+    """rollout.vllm_gpu_memory_utilization and rollout.vllm_sleep reach vLLM; out-of-range
+    shares and vllm_sleep with the built-in engine are refused by key name."""
+    from rl2f.config import RunConfig, load_config
+    from rl2f.distributed import Dist
+    from rl2f.model import build_tiny_checkpoint, load_tokenizer
+    from rl2f.run import build_engine
+
+    ckpt = build_tiny_checkpoint(tmp_path / "tiny")
+    cfg = load_config(RunConfig, overrides=["rollout.engine=vllm", "rollout.vllm_gpu_memory_utilization=0.6",
+                                             "rollout.vllm_sleep=true"])
+    monkeypatch.setattr(VLLMEngine, "_check_base_requests", lambda self, rank: None)  # a stand-in vLLM
+    build_engine(cfg, None, load_tokenizer(ckpt), ckpt, Dist())
+    kw = _FakeLLM.instances[-1].init_kwargs
+    assert kw["gpu_memory_utilization"] == 0.6 and kw["enable_sleep_mode"] is True
+    for bad in ("0", "1.0", "1.5"):
+        with pytest.raises(UserError, match=r"rollout.vllm_gpu_memory_utilization must be in \(0, 1\)"):
+            load_config(RunConfig, overrides=["rollout.engine=vllm", f"rollout.vllm_gpu_memory_utilization={bad}"])
+    with pytest.raises(UserError, match=r"rollout.vllm_sleep = true needs engine = 'vllm'"):
+        load_config(RunConfig, overrides=["rollout.engine=builtin", "rollout.vllm_sleep=true"])
+
+
 def test_per_request_lists_must_match(fake_vllm):
     """A per-request list of flags of the wrong length is a UserError."""
     eng = VLLMEngine("/ckpt", self_check=False)

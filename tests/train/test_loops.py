@@ -129,6 +129,54 @@ def test_adapter_hand_off_no_stale_episodes(tmp_path, tiny_ckpt, warm_start, mon
     assert any(not torch.equal(spy.handoffs[0][k], spy.handoffs[1][k]) for k in spy.handoffs[0])
 
 
+def test_engine_sleeps_while_training_and_wakes_for_rollouts(tmp_path, tiny_ckpt, warm_start, monkeypatch):
+    """Every rollout runs between wake() and sleep(), every backward after sleep(): the
+    built-in engine's prefix cache, full after a rollout, holds nothing while training (its
+    entries are of weights the step changes); a vLLM with rollout.vllm_sleep sleeps there."""
+    import rl2f.run as run_module
+    import rl2f.train.grpo as grpo
+
+    events, engines = [], []
+    real_build, real_backward = run_module.build_engine, grpo.backward
+
+    class Recording(SpyEngine):
+        def generate(self, prompts, params, use_adapter=True):
+            events.append("generate")
+            out = super().generate(prompts, params, use_adapter)
+            self.kept = self.inner.prefix_cache.tokens
+            return out
+
+        def sleep(self):
+            events.append("sleep")
+            super().sleep()
+
+        def wake(self):
+            events.append("wake")
+            super().wake()
+
+    def build(cfg, model, *a, **k):
+        engines.append(Recording(real_build(cfg, model, *a, **k), model))
+        return engines[-1]
+
+    def backward(loop, *a, **k):
+        events.append(("backward", loop.run.engine.inner.prefix_cache.tokens))
+        return real_backward(loop, *a, **k)
+
+    monkeypatch.setattr(run_module, "build_engine", build)
+    monkeypatch.setattr(grpo, "backward", backward)
+    cfg = tiny_config(tiny_ckpt, 'train.method="rl2f"', "train.max_steps=2", "train.drop_zero_variance=false")
+    train_grpo(cfg, tmp_path / "run", task=OneSecretTask(), init_adapter=warm_start)
+    assert engines[-1].kept > 0  # the cache held the dialogues during the rollout
+    backwards = [e for e in events if isinstance(e, tuple)]
+    assert len(backwards) == 2 and all(kept == 0 for _, kept in backwards)
+    awake = False
+    for e in events:
+        if e in ("wake", "sleep"):
+            awake = e == "wake"
+        else:
+            assert awake == (e == "generate"), events
+
+
 def test_vllm_hand_off_writes_a_peft_adapter_per_version(tmp_path, tiny_ckpt):
     """For an engine that takes adapters from disk (vLLM), each version is a PEFT directory
     loaded under a new version number; the directory holds the trainer's current weights."""
