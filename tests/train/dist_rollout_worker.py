@@ -48,17 +48,21 @@ for name in COLLECTIVES:
 with unsharded(model):
     engine = BuiltinEngine(model, tokenizer)
     at_entry = dict(counts)
-    prompt = tokenizer.encode("user: guess the secret number between one and nine")
+    # longer than the prefix cache's 16-token blocks in either tokenizer
+    prompt = tokenizer.encode("user: guess the secret number between one and nine; you have five tries, and "
+                              "after each one I say whether it was too high or too low.")
     first = engine.generate([prompt], SamplingParams(n=2, max_tokens=4 + 8 * d.rank, seed=1,
                                                      stop_token_ids=[], temperature=1.0))
     steps_first = engine.last_stats.decode_steps
-    turn2 = prompt + list(first[0].outputs[0].token_ids) + tokenizer.encode(" too low, try again")
+    feedback = tokenizer.encode(" too low, try again")
+    turn2 = prompt + list(first[0].outputs[0].token_ids) + feedback
     engine.generate([turn2], SamplingParams(n=2, max_tokens=3, seed=2))
     inside = {k: v - at_entry.get(k, 0) for k, v in counts.items() if v != at_entry.get(k, 0)}
     record = {"rank": d.rank, "sync_every": engine.sync_every, "decode_steps_first": steps_first,
               "generated_first": [len(o.token_ids) for o in first[0].outputs],
               "turn2_prompt_tokens": engine.last_stats.prompt_tokens,
-              "turn2_cached_tokens": engine.last_stats.cached_tokens, "collectives_inside": inside}
+              "turn2_cached_tokens": engine.last_stats.cached_tokens, "feedback_tokens": len(feedback),
+              "collectives_inside": inside}
 done = torch.ones(1)
 dist.all_reduce(done)  # both ranks left the rollout
 record["ranks_done"] = int(done.item())
