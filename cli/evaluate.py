@@ -96,7 +96,10 @@ class Bar:
 
 def run_and_write(fn, out: str, label: str, **kw) -> dict:
     from rl2f.eval.report import markdown_table, write_report
+    from rl2f.outputs import claim_dir
 
+    # before any work: a directory of the user's is refused, a second writer too
+    claim_dir(Path(out), "report")
     bar = Bar(label)
     try:
         report = fn(progress=bar, **kw)

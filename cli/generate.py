@@ -2,9 +2,12 @@
 
     rl2f generate --config FILE [--set section.key=value ...] --out FILE [--adapter DIR]
 
-One record per episode (rl2f/episodes.py documents the fields). Writing into an existing
-file resumes with the same --problems, config and seed: batches already complete there are
-skipped and a batch cut short is played again whole, so a run stopped at any byte loses at
+One record per episode (rl2f/episodes.py documents the fields). Beside it, OUT.rl2f.json
+records what made them (the model, task and rollout config, the adapter's digest, --split,
+--problems); writing into an existing file resumes only with those same settings (another
+adapter or config is refused, naming the first setting that differs), and only one process
+writes a file at a time. A resume skips the batches already complete there:
+a batch cut short is played again whole, so a run stopped at any byte loses at
 most the batch in flight and every (problem, sample) ends up in the file exactly once. A
 damaged line before the end of the file is an error naming it. Ends with one summary line
 (JSON).
@@ -14,6 +17,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from pathlib import Path
 
 import click
 
@@ -37,8 +41,10 @@ FILE_TASKS = ("math", "code")  # tasks that read problems from a file and can sk
 @click.option("--skip-bad", is_flag=True, help="Skip and count malformed lines of a task's JSONL file.")
 def generate(config_path, overrides, out, adapter, split, n_problems, skip_bad):
     """Roll out episodes (student with the adapter, teacher from rollout.teacher) to --out."""
-    from rl2f.config import RunConfig, load_config
+    from rl2f.config import RunConfig, load_config, to_dict
     from rl2f.episodes import generate_to_file, read_episodes, summarize
+    from rl2f.lora import adapter_digest
+    from rl2f.outputs import claim_file
     from rl2f.distributed import Dist
     from rl2f.run import build_inference_run, training_runner
 
@@ -54,6 +60,10 @@ def generate(config_path, overrides, out, adapter, split, n_problems, skip_bad):
     if n < 1:
         raise UserError("--problems must be >= 1")
     problems = run.task.problems(n, seed=cfg.task.seed, split=split)
+    # one writer, and resumed only by the settings that made its episodes
+    claim_file(Path(out), {"model": to_dict(cfg)["model"], "task": to_dict(cfg)["task"],
+                           "rollout": to_dict(cfg)["rollout"], "adapter": adapter_digest(adapter),
+                           "split": split, "problems": n})
 
     start = time.perf_counter()
     new = []

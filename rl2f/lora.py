@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import json
 import math
 import os
@@ -453,6 +454,23 @@ def _read_config(cfg_path: Path) -> dict:
         if key in cfg and bad(cfg[key]):
             raise UserError(f"{cfg_path}: {key}={cfg[key]!r} is not supported by rl2f's LoRA")
     return cfg
+
+
+def adapter_digest(directory: str | os.PathLike | None) -> str | None:
+    """SHA-256 over a PEFT adapter directory's config and weights files (None: no adapter):
+    what names an adapter in the records of outputs it made, wherever it is copied."""
+    if directory is None:
+        return None
+    digest = hashlib.sha256()
+    for name in ("adapter_config.json", "adapter_model.safetensors"):
+        path = Path(directory) / name
+        if not path.is_file():
+            raise UserError(f"{directory}: not a PEFT adapter directory (no {name})")
+        digest.update(name.encode())
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
 
 
 def load_adapter(model: nn.Module, directory: str | os.PathLike, seed: int | None = None) -> nn.Module:

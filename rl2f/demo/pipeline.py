@@ -20,6 +20,7 @@ from rl2f.demo.base import pretrain_base
 from rl2f.demo.claim import claim, claim_markdown, evidence_markdown
 from rl2f.eval.evaluate import build_report, play_models, read_episode_dirs
 from rl2f.eval.report import markdown_table, write_report
+from rl2f.outputs import claim_dir
 from rl2f.tasks.secret import SecretNumberTask
 from rl2f.train import train
 from rl2f.train.checkpoint import find_checkpoint
@@ -236,7 +237,7 @@ def run_demo(out_dir: str | Path, seeds: list[int] = (0, 1, 2), quick: bool = Fa
 
     t0 = time.perf_counter()
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    claim_dir(out, "demo")  # never into a directory of the user's, one writer
     seeds = [int(s) for s in seeds]
     b = BUDGETS[quick]
 

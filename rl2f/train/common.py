@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import shutil
 import json
 import math
 import random
@@ -29,6 +28,7 @@ from rl2f.config import RunConfig, TrainSection
 from rl2f.distributed import Dist, all_reduce_sum, init_distributed, loss_scale, max_over_ranks
 from rl2f.errors import UserError
 from rl2f.lora import lora_parameters
+from rl2f.outputs import claim_dir, remove_own
 from rl2f.run import Run, build_run
 from rl2f.train.checkpoint import (check_resume_config, complete_checkpoints, find_checkpoint,
                                    load_trainer_state, restore, save_checkpoint)
@@ -65,18 +65,27 @@ def start_run(cfg: RunConfig, out_dir: str | Path, resume, d: Dist | None, task,
     return out_dir, d, ckpt, state, run
 
 
+# What `rl2f train` writes in its --out: a fresh run in a directory of an earlier one that
+# never completed a checkpoint removes these, and nothing else (rl2f.outputs).
+TRAIN_OUTPUTS = ("checkpoints", "metrics.jsonl", "metrics.jsonl.tmp", "adapters", "sft-dialogues.jsonl",
+                 "sft-dialogues.tmp")
+
+
 def check_out_dir(out_dir: Path, resuming: bool, is_main: bool = True) -> None:
-    """A fresh run never mixes with an old one's checkpoints, metrics or dialogues, and the
-    directory must be writable before any work is done. A directory whose run stopped before
-    its first checkpoint was complete holds nothing to resume: a fresh run clears it."""
-    if out_dir.exists() and not out_dir.is_dir():
-        raise UserError(f"--out {out_dir}: is a file, not a directory")
+    """A fresh run never mixes with an old one's checkpoints, metrics or dialogues, never
+    deletes or overwrites a file rl2f did not write (`rl2f.outputs.claim_dir`: a non-empty
+    directory that is not an rl2f train run is refused), has the directory to itself (a
+    second process writing there is refused), and the directory must be writable before any
+    work is done. A run directory whose run stopped before its first checkpoint was complete
+    holds nothing to resume: a fresh run clears rl2f's own entries in it."""
+    # a run written before run directories were marked is recognised by its checkpoints
+    claim_dir(out_dir, "train", lock_it=is_main, adopt=bool(out_dir.is_dir() and complete_checkpoints(out_dir)))
     if not resuming:
         if complete_checkpoints(out_dir):
             raise UserError(f"--out {out_dir}: holds a previous run; continue it with --resume {out_dir} "
                             "or choose another --out")
         if is_main:  # one rank clears; the others only check
-            shutil.rmtree(out_dir / "checkpoints", ignore_errors=True)  # only partial ones: see above
+            remove_own(out_dir, TRAIN_OUTPUTS)
     probe = out_dir / f".write-test-{os.getpid()}"
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
