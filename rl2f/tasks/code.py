@@ -8,12 +8,19 @@ Problems come from 27 built-in function-writing templates with parameters ("retu
 - a list of {"input": [args...], "output": value} (JSON: lists and tuples compare equal);
 - a string of test code (HumanEval style); if it defines `check`, `check(<entry_point>)` runs.
 
-Grading: for call tests the child only calls the function and prints each result as a
-literal of plain builtin types; the parent parses the literal and compares it with the
-expected value, which never enters the child. So objects with a rigged `__eq__`, or printing
-"passed", cannot fake a pass. Code tests (opaque asserts) are judged inside the child: they
-mark their result lines with a per-run nonce the child reads from stdin, which stops casual
-forgery but not code that digs it out of the harness's frames.
+Grading: no test runs in the process that runs the student's code, and nothing the student's
+process says is taken for more than the values its function returned. That process only
+calls the function on argument tuples and prints each result as a literal of plain builtin
+types (a subclass or any other object is an error, not a value). Call tests compare that
+literal with the expected value in the parent; the expected value never enters the child.
+Code tests (opaque asserts, HumanEval's `check(candidate)`) run in a second sandboxed process
+without the student's code, where the entry point is a stand-in that answers each call from
+the table of the student's results (see `_REPLAY`: a first run learns the arguments, later
+rounds fill in calls whose arguments depend on results). So rigged `__eq__`, printed
+"passed" lines, forged result lines and frame walking have no verdict to reach;
+tests/tasks/test_reward_hacks.py keeps the tricks tried. Code tests see the stand-in under
+the entry point's name and `math`, `re`, `string`, `itertools`, `functools`, `collections`,
+`heapq` imported, not the student's other names; arguments must be plain values.
 
 `Verdict.detail` is the test report (privileged: it holds expected values); `hint` turns the
 first failure into one sentence (which input, what went wrong) without any solution code.
@@ -294,26 +301,11 @@ def _parse_record(rec: Any) -> tuple[str, str, list[dict], str | None]:
     return prompt, entry, out, (str(pid) if pid is not None else None)
 
 
-# --- the child program -------------------------------------------------------------------
-# Runs the student's code, then each test; one marked line per event on stdout:
+# --- the child programs ------------------------------------------------------------------
+# The student's process loads the code, then calls the function on each argument tuple it is
+# given; one marked line per event on stdout:
 #   <nonce> <i> start | <nonce> <i> ok <literal> | <nonce> <i> err <message> | <nonce> load <message>
-_HARNESS = r'''
-def _rl2f_tests(ARGS, CODES, ENTRY):
-    import sys, ast
-    nonce = sys.stdin.readline().strip()
-    args_list = [ast.literal_eval(a) if a is not None else None for a in ARGS]
-    # bound before the student's code can patch builtins; a patch can only lose results,
-    # and the parent counts a missing result as a failure
-    _type, _repr, _str, _len, _BaseException = type, repr, str, len, BaseException
-    _write, _flush = sys.stdout.write, sys.stdout.flush
-    _exec, _compile, _callable = exec, compile, callable
-    _inf = float("inf")
-
-    def emit(*fields):
-        line = "\t".join([_str(f) for f in fields]).replace("\n", "\\n")
-        _write("\n\x1e" + nonce + "\t" + line + "\n")
-        _flush()
-
+_ENC = r'''
     def enc(x, depth=0):
         # literal of plain builtins only: a subclass or custom object cannot pose as a value
         t = _type(x)
@@ -336,8 +328,26 @@ def _rl2f_tests(ARGS, CODES, ENTRY):
         if t is set or t is frozenset:
             return ("{" + ", ".join([enc(e, depth + 1) for e in x]) + "}") if x else "set()"
         raise TypeError("returned a %s, not a plain value" % t.__name__)
+'''
 
-    def describe(e):
+_HARNESS = r'''
+def _rl2f_tests(ARGS, ENTRY):
+    import sys, ast
+    nonce = sys.stdin.readline().strip()
+    args_list = [ast.literal_eval(a) for a in ARGS]
+    # bound before the student's code can patch builtins; a patch can only lose results,
+    # and the parent counts a missing result as a failure
+    _type, _repr, _str, _len, _BaseException = type, repr, str, len, BaseException
+    _write, _flush = sys.stdout.write, sys.stdout.flush
+    _exec, _compile, _callable = exec, compile, callable
+    _inf = float("inf")
+
+    def emit(*fields):
+        line = "\t".join([_str(f) for f in fields]).replace("\n", "\\n")
+        _write("\n\x1e" + nonce + "\t" + line + "\n")
+        _flush()
+
+__ENC__    def describe(e):
         msg = _str(e)
         return _type(e).__name__ + (": " + msg[:300] if msg else "")
 
@@ -361,22 +371,109 @@ def _rl2f_tests(ARGS, CODES, ENTRY):
     for i in range(_len(ARGS)):
         emit(i, "start")
         try:
-            if ARGS[i] is not None:
-                out = enc(fn(*args_list[i]))
-                emit(i, "ok", out[:20000] if _len(out) <= 20000 else "'<too large>'")
-            else:
-                _exec(_compile(CODES[i], "test_%d" % i, "exec"), ns)
-                emit(i, "ok", "None")
+            out = enc(fn(*args_list[i]))
+            emit(i, "ok", out[:20000] if _len(out) <= 20000 else "'<too large>'")
         except _BaseException as e:
             emit(i, "err", describe(e))
     emit("done")
-'''
+'''.replace("__ENC__", _ENC.strip("\n") + "\n\n")
 
 
-def _harness_source(tests: list[dict], entry: str) -> str:
-    args = [t.get("args") for t in tests]
-    codes = [t.get("code") for t in tests]
-    return _HARNESS + f"\n_rl2f_tests({args!r}, {codes!r}, {entry!r})\n"
+# Code tests (opaque asserts, HumanEval's check(candidate)) never run beside the student's code:
+# they run in a process of their own where the entry point is a stand-in that answers each
+# call from a table of the student's results. The table is filled by value: the student's
+# process only calls the function on the arguments asked for (call tests, as above), and its
+# results come back as literals. Round 0 (`discover`) answers every call with a placeholder
+# equal to anything, to learn the arguments; later rounds answer from the table and report
+# the calls it lacks ("need", when arguments depend on earlier results). So rigged objects,
+# frame walking and forged result lines have nothing to reach: the verdicts are printed by a
+# process the student never ran in.
+_REPLAY = r'''
+def _rl2f_replay(CODES, ENTRY, KNOWN, DISCOVER):
+    import sys, ast, builtins
+    nonce = sys.stdin.readline().strip()
+    _type, _repr, _str, _len, _BaseException = type, repr, str, len, BaseException
+    _write, _flush = sys.stdout.write, sys.stdout.flush
+    _inf = float("inf")
+__ENC__
+    def emit(*fields):
+        line = "\t".join([_str(f) for f in fields]).replace("\n", "\\n")
+        _write("\n\x1e" + nonce + "\t" + line + "\n")
+        _flush()
+
+    def describe(e):
+        msg = _str(e)
+        return _type(e).__name__ + (": " + msg[:300] if msg else "")
+
+    class _Need(_BaseException):
+        pass
+
+    class _Any:
+        """Round 0's answer to every call: equal to anything, so a check runs on to its
+        later calls."""
+        def __eq__(self, other): return True
+        def __ne__(self, other): return False
+        def __bool__(self): return True
+        def __iter__(self): return iter(())
+        def __len__(self): return 0
+        def __hash__(self): return 0
+        def __getattr__(self, name): return lambda *a, **k: self
+        def __getitem__(self, key): return self
+        def __float__(self): return 0.0
+        def __int__(self): return 0
+        def __index__(self): return 0
+        def __abs__(self): return self
+        __add__ = __radd__ = __sub__ = __rsub__ = __mul__ = __rmul__ = __truediv__ = __mod__ = __abs__
+        __lt__ = __le__ = __gt__ = __ge__ = __eq__
+
+    needed = []
+
+    def candidate(*args, **kwargs):
+        if kwargs:
+            raise TypeError("keyword arguments to the function under test are not supported")
+        try:
+            key = enc(args)
+        except (TypeError, ValueError):
+            if DISCOVER:
+                return _Any()
+            raise TypeError("the test passes an argument that is not a plain value")
+        if key in KNOWN:
+            status, value = KNOWN[key]
+            if status == "ok":
+                return ast.literal_eval(value)
+            name, _, message = value.partition(": ")
+            kind = getattr(builtins, name, None)
+            if not (_type(kind) is type and issubclass(kind, Exception)):
+                kind = RuntimeError
+            raise kind(message)
+        if key not in needed:
+            needed.append(key)
+        if DISCOVER:
+            return _Any()
+        raise _Need()
+
+    candidate.__name__ = ENTRY
+    for i in range(_len(CODES)):
+        ns = {"__name__": "__main__", ENTRY: candidate}
+        exec("import math, re, string, itertools, functools, collections, heapq", ns)
+        try:
+            exec(compile(CODES[i], "test_%d" % i, "exec"), ns)
+            emit(i, "ok")
+        except _Need:
+            emit(i, "need")
+        except _BaseException as e:
+            emit(i, "err", describe(e))
+    emit("needed", "\x1f".join(needed))
+'''.replace("__ENC__", _ENC.strip("\n") + "\n")
+REPLAY_ROUNDS = 4  # answer-and-ask rounds before a test whose calls keep changing fails
+
+
+def _replay_source(codes: list[str], entry: str, known: dict, discover: bool) -> str:
+    return _REPLAY + f"\n_rl2f_replay({codes!r}, {entry!r}, {known!r}, {discover!r})\n"
+
+
+def _harness_source(args: list[str], entry: str) -> str:
+    return _HARNESS + f"\n_rl2f_tests({args!r}, {entry!r})\n"
 
 
 def _same(got, expected, loose_seq: bool) -> bool:
@@ -507,20 +604,22 @@ class CodeTask(Task):
         code = blocks[-1] if blocks else text
         return code if code.strip() else None
 
-    def _run(self, code: str, problem: Problem) -> tuple[int, int, list[_Failure], str]:
-        """(passed, total, failures, report) of `code` on the problem's tests."""
-        tests = problem.info["tests"]
-        entry = problem.info["entry_point"]
+    def _sandboxed(self, source: str, files: dict | None = None):
+        """Run a child program; its marked event lines (split in at most 3 fields) and the
+        sandbox result. The nonce only frames lines: no verdict is taken on the student's word."""
         nonce = secrets.token_hex(16)
-        res = run_untrusted(_harness_source(tests, entry), stdin=nonce + "\n",
-                            timeout_s=self.timeout_s, cpu_s=max(1, math.ceil(self.timeout_s)),
-                            memory_mb=self.memory_mb, files={"solution.py": code})
+        res = run_untrusted(source, stdin=nonce + "\n", timeout_s=self.timeout_s,
+                            cpu_s=max(1, math.ceil(self.timeout_s)), memory_mb=self.memory_mb, files=files or {})
         tag = "\x1e" + nonce + "\t"
-        events = [ln[len(tag):].split("\t", 2) for ln in res.stdout.split("\n") if ln.startswith(tag)]
+        return [ln[len(tag):].split("\t", 2) for ln in res.stdout.split("\n") if ln.startswith(tag)], res
+
+    def _call_student(self, code: str, entry: str, args: list[str]):
+        """The student's function on each argument tuple, in the sandbox: ({i: (status,
+        value literal)}, load error or None, whether it loaded, the last call started, how
+        the process ended as (failure kind, reason))."""
+        events, res = self._sandboxed(_harness_source(args, entry), {"solution.py": code})
         results: dict[int, tuple[str, str]] = {}
-        started = -1
-        load_error = None
-        loaded = False
+        started, load_error, loaded = -1, None, False
         for ev in events:
             loaded = loaded or ev[0] != "load"
             if ev[0] == "load":
@@ -531,25 +630,77 @@ class CodeTask(Task):
                     started = max(started, i)
                 elif i not in results and len(ev) == 3:
                     results[i] = (ev[1], ev[2])
-        failures: list[_Failure] = []
         stopped = "timeout" if res.timed_out or res.killed_reason == "cpu limit" else "crash"
-        why = res.killed_reason or f"exit code {res.returncode}"
+        return results, load_error, loaded, started, (stopped, res.killed_reason or f"exit code {res.returncode}"), res
+
+    def _replay(self, codes: list[str], entry: str, known: dict, discover: bool):
+        """Code tests against the table of the student's results ({args literal: (status,
+        value)}); returns ({test: (status, message)}, the argument tuples asked for)."""
+        events, _ = self._sandboxed(_replay_source(codes, entry, known, discover))
+        statuses, needed = {}, []
+        for ev in events:
+            if ev[0] == "needed":
+                needed = [a for a in (ev[1] if len(ev) > 1 else "").split("\x1f") if a]
+            elif ev[0].isdigit() and len(ev) >= 2:
+                statuses.setdefault(int(ev[0]), (ev[1], ev[2] if len(ev) == 3 else ""))
+        return statuses, needed
+
+    def _run(self, code: str, problem: Problem) -> tuple[int, int, list[_Failure], str]:
+        """(passed, total, failures, report) of `code` on the problem's tests."""
+        tests = problem.info["tests"]
+        entry = problem.info["entry_point"]
+        code_tests = [i for i, t in enumerate(tests) if "code" in t]
+        codes = [tests[i]["code"] for i in code_tests]
+        # the arguments the code tests call the function with (no student code in this run)
+        asked = self._replay(codes, entry, {}, discover=True)[1] if codes else []
+        call_args = [t["args"] for t in tests if "args" in t]
+        results, load_error, loaded, started, (stopped, why), res = self._call_student(code, entry, call_args + asked)
+        failures: list[_Failure] = []
         if load_error is not None:
             kind = "syntax" if load_error.startswith("SyntaxError") else "load"
             failures.append(_Failure(kind, message=load_error))
         elif not loaded:  # hung or died while its top level ran
             failures.append(_Failure(stopped, _LOADING, why))
+        ran = load_error is None and loaded
+        replayed: dict[int, tuple[str, str]] = {}
+        if ran and codes:
+            known = {}
+
+            def learn(args: list[str], results: dict, stopped: str, why: str) -> None:
+                for j, a in enumerate(args):
+                    known[a] = results.get(j, ("err", f"{'TimeoutError' if stopped == 'timeout' else 'RuntimeError'}: "
+                                                      f"the function did not return ({why})"))
+
+            learn(asked, {j - len(call_args): r for j, r in results.items() if j >= len(call_args)}, stopped, why)
+            for _ in range(REPLAY_ROUNDS):
+                statuses, needed = self._replay(codes, entry, known, discover=False)
+                new = [a for a in needed if a not in known]
+                if not new or not any(st == "need" for st, _ in statuses.values()):
+                    break
+                more, *_, (more_stopped, more_why), _ = self._call_student(code, entry, new)
+                learn(new, more, more_stopped, more_why)
+            for k, i in enumerate(code_tests):
+                status, message = statuses.get(k, ("err", "the test did not finish"))
+                replayed[i] = ("ok", "None") if status == "ok" else \
+                    ("err", "its calls kept changing" if status == "need" else message)
         passed = 0
-        for i, t in enumerate(tests if load_error is None and loaded else []):
+        position = {i: j for j, i in enumerate(i for i, t in enumerate(tests) if "args" in t)}
+        for i, t in enumerate(tests if ran else []):
             call = _call_src(entry, t["args"]) if "args" in t else f"test {i + 1}"
-            if i not in results:
-                failures.append(_Failure(stopped if i == started else "not run", call, why))
+            if "code" in t:
+                status, value = replayed[i]
+                if status == "ok":
+                    passed += 1
+                else:
+                    failures.append(_Failure("error", call, value))
                 continue
-            status, value = results[i]
+            j = position[i]
+            if j not in results:
+                failures.append(_Failure(stopped if j == started else "not run", call, why))
+                continue
+            status, value = results[j]
             if status == "err":
                 failures.append(_Failure("error", call, value))
-            elif "args" not in t:
-                passed += 1
             else:
                 exp = ast.literal_eval(t["expected"])
                 try:
