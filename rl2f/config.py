@@ -188,10 +188,10 @@ class TaskSection:
     options: dict = dataclasses.field(default_factory=dict)  # passed to get_task(name, **options)
     n_train: int = 256  # training problems drawn from the task's train split
     n_eval: int = 100  # held-out problems (test split)
-    seed: int = 0  # problem generation seed
+    seed: int = 0  # problem generation seed (>= 0)
 
     def __post_init__(self):
-        for name in ("n_train", "n_eval"):
+        for name in ("n_train", "n_eval", "seed"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
 
@@ -238,6 +238,8 @@ class RolloutSection:
             raise ValueError(f"prefix_cache_mb must be >= 0, got {self.prefix_cache_mb}")
         if self.vllm_kv_cache_gib < 0:
             raise ValueError(f"vllm_kv_cache_gib must be >= 0, got {self.vllm_kv_cache_gib}")
+        if self.seed < 0:
+            raise ValueError(f"seed must be >= 0, got {self.seed}")
         if not 0 < self.vllm_gpu_memory_utilization < 1:
             raise ValueError(f"vllm_gpu_memory_utilization must be in (0, 1), got {self.vllm_gpu_memory_utilization}")
         if self.vllm_sleep and self.engine != "vllm":
@@ -281,13 +283,13 @@ class TrainSection:
     lr: float = 1e-4
     weight_decay: float = 0.0
     warmup_steps: int = 0
-    min_lr_ratio: float = 0.1  # cosine schedule floor, as a fraction of lr
+    min_lr_ratio: float = 0.1  # cosine schedule floor, as a fraction of lr, in [0, 1]
     grad_accum: int = 1  # rollout/SFT batches per optimiser step
     micro_batch: int = 8  # sequences per forward/backward
     share_prefix: bool = True  # rows of a micro-batch that begin alike (a group's prompt) compute it once
-    max_grad_norm: float = 1.0
+    max_grad_norm: float = 1.0  # clip the global gradient norm to this (0 = no clipping)
     gamma: float = 0.7  # discount of rewards over turns (paper's companion: 0.7)
-    clip_low: float = 0.2
+    clip_low: float = 0.2  # ratio floor 1 - clip_low, in [0, 1)
     clip_high: float = 0.28
     beta: float = 0.0  # k3 KL to the adapter-off base (paper: 0)
     std_normalize: bool = True  # divide group-centred advantages by the group std
@@ -310,9 +312,14 @@ class TrainSection:
         if not 0.0 <= self.gamma <= 1.0:
             raise ValueError(f"gamma must be in [0, 1], got {self.gamma}")
         for name in ("clip_low", "clip_high", "beta", "critique_weight", "save_every", "warmup_steps",
-                     "weight_decay", "max_student_tokens"):
+                     "weight_decay", "max_student_tokens", "max_grad_norm", "seed"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if not 0 <= self.min_lr_ratio <= 1:
+            # negative: the schedule ends at a negative lr (gradient ascent); above 1 it rises
+            raise ValueError(f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
+        if self.clip_low >= 1:
+            raise ValueError(f"clip_low must be < 1 (the ratio floor is 1 - clip_low), got {self.clip_low}")
 
 
 @dataclasses.dataclass
@@ -320,7 +327,7 @@ class EvalSection:
     max_turns: int = 5  # T for acc@1..T
     temperature: float = 1.0  # sampling (greedy flatters an imitation base)
     samples_per_problem: int = 1  # episodes per problem (pass@K uses max_turns samples)
-    bootstrap: int = 1000  # resamples for the 95% intervals
+    bootstrap: int = 1000  # resamples for the 95% intervals (>= 100)
     seed: int = 0
 
     def __post_init__(self):
@@ -328,6 +335,12 @@ class EvalSection:
             raise ValueError("max_turns must be >= 1")
         if self.samples_per_problem < 1:
             raise ValueError("samples_per_problem must be >= 1")
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if self.bootstrap < 100:
+            raise ValueError(f"bootstrap must be >= 100 (fewer resamples give no 95% interval), got {self.bootstrap}")
+        if self.seed < 0:
+            raise ValueError(f"seed must be >= 0, got {self.seed}")
 
 
 @dataclasses.dataclass

@@ -453,6 +453,8 @@ def _read_config(cfg_path: Path) -> dict:
     for key, bad in unsupported.items():
         if key in cfg and bad(cfg[key]):
             raise UserError(f"{cfg_path}: {key}={cfg[key]!r} is not supported by rl2f's LoRA")
+    if not isinstance(cfg.get("use_rslora", False), bool):  # "false" (a string) is true to bool()
+        raise UserError(f"{cfg_path}: use_rslora must be true or false, got {cfg['use_rslora']!r}")
     return cfg
 
 

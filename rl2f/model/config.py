@@ -236,10 +236,10 @@ def parse_hf_config(hf: dict, name_or_path: str = "", generation_config: dict | 
             num_key_value_heads=kv_heads,
             head_dim=head_dim,
             intermediate_size=get("intermediate_size", int),
-            rms_norm_eps=float(get("rms_norm_eps", (int, float))),
+            rms_norm_eps=_positive(get("rms_norm_eps", (int, float)), "rms_norm_eps", where),
             tie_word_embeddings=bool(c.get("tie_word_embeddings")),
-            final_logit_softcapping=_opt_float(c.get("final_logit_softcapping")),
-            attn_logit_softcapping=_opt_float(c.get("attn_logit_softcapping")),
+            final_logit_softcapping=_opt_positive(c.get("final_logit_softcapping"), "final_logit_softcapping", where),
+            attn_logit_softcapping=_opt_positive(c.get("attn_logit_softcapping"), "attn_logit_softcapping", where),
             hidden_act=act,
             qkv_bias=True if family == "qwen2" else bias,
             o_bias=False if family == "qwen2" else bias,
@@ -248,7 +248,8 @@ def parse_hf_config(hf: dict, name_or_path: str = "", generation_config: dict | 
             norm_offset=gemma,
             sandwich_norm=gemma,
             embed_scale=math.sqrt(hidden) if gemma else None,
-            attn_scale=float(get("query_pre_attn_scalar", (int, float))) ** -0.5 if gemma else head_dim ** -0.5,
+            attn_scale=_positive(get("query_pre_attn_scalar", (int, float)), "query_pre_attn_scalar", where) ** -0.5
+            if gemma else head_dim ** -0.5,
             layer_types=layer_types,
             sliding_window=window,
             rope=rope,
@@ -322,18 +323,23 @@ def _rope_params(p: dict, c: dict, where: str) -> RopeParams:
     rope_type = p.get("rope_type", p.get("type", "default")) or "default"
     if rope_type not in _ROPE_TYPES:
         raise UserError(f"{where}: rope_type {rope_type!r} is not supported ({', '.join(_ROPE_TYPES)})")
-    theta = p.get("rope_theta")
-    if not isinstance(theta, (int, float)) or theta <= 0:
-        raise UserError(f"{where}: rope_theta must be a positive number, got {theta!r}")
-    out = RopeParams(theta=float(theta), rope_type=rope_type)
+    out = RopeParams(theta=_positive(p.get("rope_theta"), "rope_theta", where), rope_type=rope_type)
     if rope_type in ("linear", "llama3"):
-        out.factor = float(p.get("factor", 1.0))
+        out.factor = _positive(p.get("factor", 1.0), "factor", where)
     if rope_type == "llama3":
-        out.low_freq_factor = float(p.get("low_freq_factor", 1.0))
-        out.high_freq_factor = float(p.get("high_freq_factor", 4.0))
+        out.low_freq_factor = _positive(p.get("low_freq_factor", 1.0), "low_freq_factor", where)
+        out.high_freq_factor = _positive(p.get("high_freq_factor", 4.0), "high_freq_factor", where)
         out.original_max_position_embeddings = int(p.get("original_max_position_embeddings")
                                                    or c.get("max_position_embeddings") or 8192)
     return out
+
+
+def _positive(value, key: str, where: str) -> float:
+    """A finite number > 0 (json reads NaN, Infinity and negatives; each would make every
+    log-prob NaN without an error), or a UserError naming the key."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) or value <= 0:
+        raise UserError(f"{where}: {key} must be a finite number > 0, got {value!r}")
+    return float(value)
 
 
 def _read_json(file: Path) -> dict:
@@ -357,5 +363,5 @@ def _first(value) -> int | None:
     return ids[0] if ids else None
 
 
-def _opt_float(value) -> float | None:
-    return None if value is None else float(value)
+def _opt_positive(value, key: str, where: str) -> float | None:
+    return None if value is None else _positive(value, key, where)

@@ -103,7 +103,22 @@ def load_model(path: str | Path, dtype: torch.dtype | str = torch.float32, devic
                         raise UserError(f"{file}: tensor {info.name!r} has dtype {info.dtype}, "
                                         f"a float weight is expected (quantized checkpoints are not supported)")
                     st.read_into(f, info, dest)
+                    _check_finite(dest, info, file)
     return model.eval()
+
+
+FINITE_SAMPLE = 4096  # values checked per tensor: a cheap check, not a scan of every weight
+
+
+def _check_finite(t: torch.Tensor, info: st.TensorInfo, file: Path) -> None:
+    """Refuse a tensor whose evenly spaced sample of FINITE_SAMPLE values holds a NaN or an
+    infinity (a corrupt or badly converted checkpoint), before it writes NaN log-probs for a
+    whole run. A few bad values inside an otherwise finite tensor can pass this check."""
+    flat = t.reshape(-1)
+    sample = flat[:: max(1, flat.numel() // FINITE_SAMPLE)]
+    if not bool(torch.isfinite(sample).all()):
+        raise UserError(f"{file}: tensor {info.name!r} holds non-finite values (NaN or inf; checked: "
+                        f"{FINITE_SAMPLE} evenly spaced values of every tensor)")
 
 
 def find_weights(path: Path) -> tuple[dict[str, st.TensorInfo], dict[str, Path]]:

@@ -26,7 +26,9 @@ def get_task(name: str, **options) -> Task:
         raise UserError(f"unknown task '{name}' (known tasks: {', '.join(TASKS)})")
     try:
         return cls(**options)
-    except TypeError as e:
+    except UserError:
+        raise
+    except (TypeError, ValueError) as e:  # an unknown option, or a value its checks did not foresee
         raise UserError(f"task '{name}': bad option ({e})") from None
 
 

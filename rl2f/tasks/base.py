@@ -6,11 +6,14 @@ the teacher and the verifier see them, the student never does.
 """
 from __future__ import annotations
 
+import math
 import random
 import re
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any
+
+from rl2f.errors import UserError
 
 
 @dataclass
@@ -26,6 +29,23 @@ class Verdict:
     correct: bool
     answer: str | None  # the answer extracted from the attempt (None: none found)
     detail: str = ""  # privileged feedback for the teacher (failing test output, ...)
+
+
+def check_option(task: str, name: str, value, kind: type, lo=None, hi=None, lo_open: bool = False):
+    """A task option's value, or a UserError naming it: of `kind` (an int is a float; a bool is
+    neither), finite, and within [lo, hi] ((lo, hi] with `lo_open`)."""
+    ok = isinstance(value, kind) or (kind is float and isinstance(value, int))
+    if isinstance(value, bool) and kind is not bool:
+        ok = False
+    if ok and kind in (int, float):
+        ok = math.isfinite(value) and (lo is None or (value > lo if lo_open else value >= lo)) \
+            and (hi is None or value <= hi)
+    if not ok:
+        what = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(kind, kind.__name__)
+        if lo is not None or hi is not None:
+            what += f" in {'(' if lo_open else '['}{'' if lo is None else lo}, {'' if hi is None else hi}]"
+        raise UserError(f"task '{task}': option {name} must be {what}, got {value!r}")
+    return float(value) if kind is float else value
 
 
 class Task(ABC):

@@ -38,7 +38,7 @@ from typing import Any, Callable
 
 from rl2f.errors import UserError
 from rl2f.tasks.sandbox import run_untrusted
-from rl2f.tasks.base import Problem, Task, Verdict
+from rl2f.tasks.base import Problem, Task, Verdict, check_option
 from rl2f.tasks.maze import content_id, sample_problems, split_of, split_rng
 
 # --- built-in templates ------------------------------------------------------------------
@@ -542,8 +542,10 @@ class CodeTask(Task):
                  memory_mb: int = 512):
         """path: a JSONL file of problems (None: the built-in templates). skip_bad: skip
         malformed lines (counted in `self.skipped`) instead of raising UserError."""
-        self.timeout_s = timeout_s
-        self.memory_mb = memory_mb
+        # 0 s would fail every program; memory_mb < 1 would lift the sandbox's memory limit
+        self.timeout_s = check_option("code", "timeout_s", timeout_s, float, 0, 600, lo_open=True)
+        self.memory_mb = check_option("code", "memory_mb", memory_mb, int, 64, 65536)
+        check_option("code", "skip_bad", skip_bad, bool)
         self.skipped = 0
         self.path = None if path is None else str(path)
         self._loaded: list[Problem] | None = None

@@ -20,7 +20,7 @@ from typing import Any
 
 from rl2f.errors import UserError
 from rl2f.tasks.answers import is_equivalent, numeric_value, read_answer, text_answer
-from rl2f.tasks.base import Problem, Task, Verdict
+from rl2f.tasks.base import Problem, Task, Verdict, check_option
 
 _INTERVAL_END = re.compile(r"\\infty|\u221e|\binf")
 
@@ -208,10 +208,13 @@ class MathTask(Task):
 
     def __init__(self, path: str | os.PathLike | None = None, difficulty: int = 3,
                  skip_bad: bool = False, test_fraction: float = 0.2, timeout: float = 2.0):
-        if difficulty not in _KINDS:
+        if difficulty not in _KINDS or isinstance(difficulty, bool):
             raise UserError(f"math task: difficulty must be 1..5, got {difficulty!r}")
-        if not 0 < test_fraction < 1:
+        if not isinstance(test_fraction, (int, float)) or not 0 < test_fraction < 1:
             raise UserError(f"math task: test_fraction must be in (0, 1), got {test_fraction!r}")
+        # a grading time limit of 0 or less (or NaN) would mark every equivalent answer wrong
+        timeout = check_option("math", "timeout", timeout, float, 0, 600, lo_open=True)
+        check_option("math", "skip_bad", skip_bad, bool)
         self.path = Path(path) if path is not None else None
         self.difficulty = difficulty
         self.skip_bad = skip_bad

@@ -15,7 +15,7 @@ import re
 from collections import deque
 
 from rl2f.errors import UserError
-from rl2f.tasks.base import Problem, Task, Verdict, answer_segment
+from rl2f.tasks.base import Problem, Task, Verdict, answer_segment, check_option
 
 # --- splits ------------------------------------------------------------------------------
 # A problem's split is a function of its content, so train and test can never share one,
@@ -100,10 +100,12 @@ class MazeTask(Task):
                      "'Answer: ' and the moves as letters U (up), D (down), L (left), R (right).")
 
     def __init__(self, size: int = 5, wall_prob: float = 0.3, min_moves: int | None = None):
-        if size < 3:
-            raise UserError(f"maze size must be >= 3, got {size}")
-        if not 0.0 <= wall_prob < 0.7:
-            raise UserError(f"maze wall_prob must be in [0, 0.7), got {wall_prob}")
+        # size <= 30: a 30x30 grid is already a 900-character prompt; 3000 took hours to draw
+        size = check_option("maze", "size", size, int, 3, 30)
+        if not isinstance(wall_prob, (int, float)) or isinstance(wall_prob, bool) or not 0.0 <= wall_prob < 0.7:
+            raise UserError(f"maze wall_prob must be in [0, 0.7), got {wall_prob!r}")
+        if min_moves is not None:
+            check_option("maze", "min_moves", min_moves, int, 0)
         self.size = size
         self.wall_prob = wall_prob
         # >= 3, so that no hint (which names at most one move letter) can spell the path

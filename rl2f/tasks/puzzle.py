@@ -58,7 +58,8 @@ class PuzzleTask(Task):
                      "left to right, separated by commas.")
 
     def __init__(self, n_people: int = 4):
-        if not 3 <= n_people <= 6:  # 6! = 720 orders keeps the brute force instant
+        if not isinstance(n_people, int) or isinstance(n_people, bool) or not 3 <= n_people <= 6:
+            # 6! = 720 orders keeps the brute force instant
             raise UserError(f"puzzle n_people must be between 3 and 6, got {n_people}")
         self.n_people = n_people
 

@@ -13,7 +13,8 @@ import math
 import random
 import re
 
-from rl2f.tasks.base import Problem, Task, Verdict
+from rl2f.errors import UserError
+from rl2f.tasks.base import Problem, Task, Verdict, check_option
 
 _ANSWER = re.compile(r"answer\s*[:=]?\s*(-?\d+)", re.IGNORECASE)
 _INTEGER = re.compile(r"-?\d+")
@@ -34,15 +35,21 @@ class SecretNumberTask(Task):
     system_prompt = ""  # the prompt says the answer format; the tiny model needs no preamble
 
     def __init__(self, digits: int = 2, prior: float = 0.0, sums: list[int] | None = None, name: str | None = None):
-        if digits < 1:
-            raise ValueError("digits must be >= 1")
-        self.digits = digits
-        self.prior = float(prior)
+        # digits <= 6: the pool lists every number (a million at most)
+        self.digits = check_option("secret", "digits", digits, int, 1, 6)
+        # the weight of a secret is exp(-prior * first digit): negative favours high digits
+        self.prior = check_option("secret", "prior", prior, float, -10, 10)
         self.pool = list(range(10 ** (digits - 1), 10**digits))
         if sums is not None:
+            if not isinstance(sums, list) or not sums:
+                raise UserError(f"task 'secret': option sums must be a non-empty list of digit sums, got {sums!r}")
+            for s in sums:
+                check_option("secret", "sums[]", s, int, 1, 9 * digits)
             self.pool = [n for n in self.pool if _digit_sum(n) in set(sums)]
             if not self.pool:
-                raise ValueError(f"no {digits}-digit number has a digit sum in {sums}")
+                raise UserError(f"task 'secret': no {digits}-digit number has a digit sum in {sums}")
+        if name is not None:
+            check_option("secret", "name", name, str)
         self.id_prefix = "secret"  # problem ids (and so sampling keys) stay those of the plain task
         if name is not None:
             self.name = self.id_prefix = name  # a variant (subclasses keep their class attribute)
