@@ -66,8 +66,10 @@ def problem_sets(cfg, tasks: tuple[str, ...], n_problems: int | None):
         return None
     from rl2f.tasks import get_task
 
-    if n_problems is not None and n_problems < 1:
-        raise UserError(f"--problems must be >= 1, got {n_problems}")
+    from rl2f.config import MAX_PROBLEMS
+
+    if n_problems is not None and not 1 <= n_problems <= MAX_PROBLEMS:  # made up front: bounded
+        raise UserError(f"--problems must be in 1..{MAX_PROBLEMS:,}, got {n_problems:,}")
     n = cfg.task.n_eval if n_problems is None else n_problems
     out = {}
     for name in tasks or (cfg.task.name,):

@@ -41,7 +41,7 @@ FILE_TASKS = ("math", "code")  # tasks that read problems from a file and can sk
 @click.option("--skip-bad", is_flag=True, help="Skip and count malformed lines of a task's JSONL file.")
 def generate(config_path, overrides, out, adapter, split, n_problems, skip_bad):
     """Roll out episodes (student with the adapter, teacher from rollout.teacher) to --out."""
-    from rl2f.config import RunConfig, load_config, to_dict
+    from rl2f.config import MAX_PROBLEMS, RunConfig, load_config, to_dict
     from rl2f.episodes import generate_to_file, read_episodes, summarize
     from rl2f.lora import adapter_digest
     from rl2f.outputs import claim_file
@@ -57,8 +57,8 @@ def generate(config_path, overrides, out, adapter, split, n_problems, skip_bad):
     run.engine.set_adapter(None if adapter is None else 0, adapter)
     runner = training_runner(run)
     n = n_problems if n_problems is not None else (cfg.task.n_eval if split == "test" else cfg.task.n_train)
-    if n < 1:
-        raise UserError("--problems must be >= 1")
+    if not 1 <= n <= MAX_PROBLEMS:  # the problems are made up front: bounded memory and time
+        raise UserError(f"--problems must be in 1..{MAX_PROBLEMS:,}, got {n:,}")
     problems = run.task.problems(n, seed=cfg.task.seed, split=split)
     # one writer, and resumed only by the settings that made its episodes
     claim_file(Path(out), {"model": to_dict(cfg)["model"], "task": to_dict(cfg)["task"],

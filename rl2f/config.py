@@ -27,6 +27,7 @@ except ModuleNotFoundError:  # Python 3.10
 from rl2f.errors import UserError
 
 T = TypeVar("T")
+MAX_PROBLEMS = 100_000  # problems a run or a command makes (all made up front: a bound on memory and time)
 
 
 def load_config(cls: type[T], path: str | Path | None = None, overrides: list[str] = ()) -> T:
@@ -186,14 +187,18 @@ class ModelSection:
 class TaskSection:
     name: str = "math"  # math | maze | puzzle | code
     options: dict = dataclasses.field(default_factory=dict)  # passed to get_task(name, **options)
-    n_train: int = 256  # training problems drawn from the task's train split
-    n_eval: int = 100  # held-out problems (test split)
+    n_train: int = 256  # training problems drawn from the task's train split (at most MAX_PROBLEMS)
+    n_eval: int = 100  # held-out problems (test split, at most MAX_PROBLEMS)
     seed: int = 0  # problem generation seed (>= 0)
 
     def __post_init__(self):
         for name in ("n_train", "n_eval", "seed"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        for name in ("n_train", "n_eval"):
+            if getattr(self, name) > MAX_PROBLEMS:
+                raise ValueError(f"{name} must be at most {MAX_PROBLEMS:,} (problems are made up front), "
+                                 f"got {getattr(self, name):,}")
 
 
 @dataclasses.dataclass

@@ -147,3 +147,23 @@ def test_adapter_use_rslora_must_be_a_boolean(tiny, tmp_path):
     (path / "adapter_config.json").write_text(json.dumps(cfg))
     with pytest.raises(UserError, match="use_rslora must be true or false"):
         load_adapter(load_model(tiny), path)
+
+
+@pytest.mark.parametrize("command", ["generate", "evaluate"])
+def test_a_hundred_million_problems_is_refused_at_once(command, tmp_path, monkeypatch):
+    """`--problems 100000000` is one line before any problem is made (before: generate built
+    the whole list, 2.56 GB after 150 s and growing); task.n_train beyond the bound too."""
+    import resource
+
+    from click.testing import CliRunner
+
+    from rl2f.cli.main import cli
+
+    monkeypatch.setenv("RL2F_CACHE", str(tmp_path / "cache"))
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    out = tmp_path / ("eps.jsonl" if command == "generate" else "report")
+    r = CliRunner().invoke(cli, [command, "--set", "task.name=math", "--problems", "100000000", "--out", str(out)])
+    assert r.exit_code == 2 and "--problems must be in 1..100,000, got 100,000,000" in r.output, r.output
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 200_000  # KiB: nothing was built
+    with pytest.raises(UserError, match="n_train must be at most 100,000"):
+        load_config(RunConfig, overrides=["task.n_train=1000000000"])

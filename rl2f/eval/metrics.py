@@ -220,6 +220,8 @@ def _interval(samples: np.ndarray, point) -> list:
 def mean_ci(values: np.ndarray, idx: Resamples) -> list:
     """Intervals of the mean over (seed, problem) cells of (S, N) or (S, N, C) values: one
     [lo, hi] for (S, N), a list of C for (S, N, C)."""
+    if values.ndim == 3 and values.shape[2] == 0:
+        return []
     if values.shape[1] == 0:
         return None if values.ndim == 2 else [None] * values.shape[2]
     stats = _cells(values, idx).mean(axis=(1, 2))  # (B,) or (B, C)
@@ -229,6 +231,8 @@ def mean_ci(values: np.ndarray, idx: Resamples) -> list:
 
 def ratio_ci(num: np.ndarray, den: np.ndarray, idx: Resamples) -> list:
     """Intervals of sum(num) / sum(den) over the drawn cells; (S, N) or (S, N, C) counts."""
+    if num.ndim == 3 and num.shape[2] == 0:  # per-turn counts of a one-turn evaluation: none
+        return []
     if num.shape[1] == 0:
         return None if num.ndim == 2 else [None] * num.shape[2]
     n, d = _cells(num, idx).sum(axis=(1, 2)), _cells(den, idx).sum(axis=(1, 2))  # (B,) or (B, C)

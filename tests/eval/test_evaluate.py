@@ -239,6 +239,18 @@ def _cli():
     return type(cli)(name="rl2f", commands=[evaluate, self_correct])
 
 
+def test_one_turn_evaluation_writes_its_report(setup, tmp_path):
+    """`rl2f evaluate --turns 1` (no feedback turn: nothing per turn to correct) writes its
+    report, acc@1 and empty per-turn rates (before: ratio_ci raised after the whole
+    evaluation and nothing was written)."""
+    cfg, (a, _), root = setup
+    sets = [a for o in OVERRIDES for a in ("--set", o)]
+    r = CliRunner().invoke(_cli(), ["evaluate", *sets, "--turns", "1", "--problems", "2", "--out", str(tmp_path / "ev")])
+    assert r.exit_code == 0, r.output
+    base = json.loads((tmp_path / "ev" / "report.json").read_text())["models"]["base"]
+    assert len(base["acc_at"]) == 1 and base["correction_rate_per_turn_ci"] == []
+
+
 def test_cli_evaluate_and_self_correct(setup, tmp_path):
     """`rl2f evaluate` and `rl2f self-correct` write the report files and print the table;
     bad flags are one-line errors."""
@@ -263,7 +275,7 @@ def test_cli_evaluate_and_self_correct(setup, tmp_path):
     assert "self-correction dialogue" in r.output and "critique 1" in r.output
 
     for args, msg in [(["--turns", "0"], "--turns must be >= 1"), (["--seeds", "a,b"], "--seeds"),
-                      (["--problems", "0"], "--problems must be >= 1"),
+                      (["--problems", "0"], "--problems must be in 1..100,000, got 0"),
                       (["--adapter", f"base={a}"], "used twice"), (["--no-base"], "nothing to evaluate")]:
         r = runner.invoke(cli, ["evaluate", *sets, *args, "--out", str(tmp_path / "bad")])
         assert r.exit_code == 2 and msg in r.output, (args, r.output)
