@@ -8,6 +8,7 @@ a bug and keeps its traceback.
 from __future__ import annotations
 
 import errno
+import signal
 import sys
 import warnings
 
@@ -23,6 +24,9 @@ def _one_line_warning(message, category, filename, lineno, file=None, line=None)
 
 class _Group(click.Group):
     def invoke(self, ctx):
+        # A file-size limit (ulimit -f) then fails the write (EFBIG, one line naming the file)
+        # instead of killing the process with SIGXFSZ in the middle of a checkpoint.
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
         try:
             with warnings.catch_warnings():
                 warnings.showwarning = _one_line_warning
@@ -38,7 +42,7 @@ class _Group(click.Group):
 
 
 # The environment, not a bug: the path and the reason are all a user needs.
-_DISK_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
+_DISK_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG)
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})

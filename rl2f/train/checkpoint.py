@@ -23,6 +23,7 @@ difference from the checkpoint's config.json is refused by name (`check_resume_c
 """
 from __future__ import annotations
 
+import io
 import json
 import os
 import random
@@ -93,10 +94,10 @@ def save_checkpoint(out_dir: str | Path, d: Dist, model, optimizer, scheduler, c
         barrier(d)
         osd = get_optimizer_state_dict(model, optimizer, options=_osd_options(cpu_offload=True))
         save_adapter(model, tmp / "adapter", write=d.is_main)  # every rank gathers the LoRA tensors alone
-        torch.save(rng_state(), tmp / "rng" / f"rank{d.rank}.pt")
+        _torch_save(rng_state(), tmp / "rng" / f"rank{d.rank}.pt")
         if d.is_main:
             row = None if metrics_row is None else {**metrics_row, "checkpoint": str(final)}
-            torch.save({"step": step, "data_position": data_position, "optimizer": osd,
+            _torch_save({"step": step, "data_position": data_position, "optimizer": osd,
                         "scheduler": scheduler.state_dict(), "world_size": d.world_size, "extra": extra or {},
                         "metrics_row": row}, tmp / "trainer.pt")
             (tmp / "config.json").write_text(json.dumps(to_dict(cfg), indent=2))
@@ -120,6 +121,19 @@ def save_checkpoint(out_dir: str | Path, d: Dist, model, optimizer, scheduler, c
         raise UserError(f"{e.filename or tmp}: cannot write checkpoint {name} ({e.strerror or e}); {what}") from None
     barrier(d)
     return final
+
+
+def _torch_save(obj, path: Path) -> None:
+    """torch.save through an in-memory buffer, then one plain write: a failed write is an
+    OSError with its errno (a full disk, a file-size limit), not the RuntimeError torch's zip
+    writer raises from inside C++ ("unexpected pos ..."), which named neither."""
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    try:
+        with open(path, "wb") as f:
+            f.write(buffer.getbuffer())
+    except OSError as e:
+        raise OSError(e.errno, e.strerror, str(path)) from None  # f.write names no file
 
 
 def _fsync_tree(root: Path) -> None:

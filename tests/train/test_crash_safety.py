@@ -299,30 +299,41 @@ def test_unwritable_or_impossible_out_is_one_line(tmp_path, sft_cfg, monkeypatch
     one_line_error(*cli_train(*args, "--out", str(tmp_path / "file" / "run")), tmp_path / "file" / "run")
 
 
-def test_full_disk_on_the_first_checkpoint_names_the_path_and_leaves_a_startable_dir(tmp_path, sft_cfg,
-                                                                                     monkeypatch):
-    """ENOSPC while writing the first checkpoint: one UserError naming the file and saying
-    no checkpoint was kept; the partial checkpoint is gone, and a fresh run in the same
-    directory is accepted (it used to be refused as "holds a previous run")."""
-    from rl2f.train import train
+def test_file_size_limit_on_the_first_checkpoint_names_the_file_and_leaves_a_startable_dir(tmp_path):
+    """A real failing write inside the checkpoint (a file-size limit, `ulimit -f`, between the
+    adapter's size and trainer.pt's): one line naming trainer.pt and saying no checkpoint was
+    kept, the partial checkpoint gone, `--resume` says there is nothing to resume, and a fresh
+    run in the same directory is accepted. (Before: torch.save's RuntimeError from its zip
+    writer, "unexpected pos ...", a traceback that left .tmp-step-000001.)"""
+    import resource
+    import subprocess
+    import sys
 
-    real = torch.save
+    root = Path(__file__).resolve().parents[2]
+    args = [sys.executable, "-m", "rl2f.cli", "train", "--config", str(root / "configs" / "tiny-rl2f.toml"),
+            "--set", "train.max_steps=1", "--set", "rollout.problems_per_batch=2", "--set", "rollout.group_size=2",
+            "--set", "rollout.max_new_tokens=4"]
+    env = {**os.environ, "RL2F_CACHE": str(tmp_path / "cache")}
+    ok = subprocess.run([*args, "--out", str(tmp_path / "sizes")], capture_output=True, text=True, env=env)
+    assert ok.returncode == 0, ok.stderr
+    step = tmp_path / "sizes" / "checkpoints" / "step-000001"
+    adapter, trainer = (step / "adapter" / "adapter_model.safetensors").stat().st_size, (step / "trainer.pt").stat().st_size
+    assert adapter < trainer
+    limit = (adapter + trainer) // 2
 
-    def full(obj, f, *a, **k):
-        if Path(str(f)).name == "trainer.pt":
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(f))
-        return real(obj, f, *a, **k)
+    def limited():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
 
-    monkeypatch.setattr(torch, "save", full)
     out = tmp_path / "run"
-    with pytest.raises(UserError, match=r"trainer\.pt: cannot write checkpoint step-000001 \(No space left on "
-                                        r"device\); no complete checkpoint was kept"):
-        train(sft_cfg, out)
+    proc = subprocess.run([*args, "--out", str(out)], capture_output=True, text=True, env=env, preexec_fn=limited)
+    one_line_error(proc.returncode, proc.stderr, "trainer.pt: cannot write checkpoint step-000001 (File too large); "
+                                                 "no complete checkpoint was kept")
     assert not list((out / "checkpoints").glob(".tmp-*"))
-    monkeypatch.setattr(torch, "save", real)
-    with pytest.raises(UserError, match="no complete checkpoint"):
-        train(sft_cfg, out, resume=out)
-    assert train(sft_cfg, out)["step"] == 3
+    resume = subprocess.run([sys.executable, "-m", "rl2f.cli", "train", "--resume", str(out)], capture_output=True,
+                            text=True, env=env)
+    one_line_error(resume.returncode, resume.stderr, "no complete checkpoint")
+    again = subprocess.run([*args, "--out", str(out)], capture_output=True, text=True, env=env)
+    assert again.returncode == 0, again.stderr
 
 
 def test_full_disk_on_the_adapter_names_the_file(tmp_path, sft_cfg, monkeypatch):
