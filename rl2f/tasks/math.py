@@ -236,14 +236,21 @@ class MathTask(Task):
 
     def _load(self, path: Path) -> dict[str, list[Problem]]:
         try:
-            lines = path.read_text(encoding="utf-8").splitlines()
+            # lines end at "\n" only: str.splitlines() would also cut at U+2028, U+0085 and
+            # the other separators JSON strings may hold as they are
+            lines = path.read_bytes().split(b"\n")
         except FileNotFoundError:
             raise UserError(f"math problems file {path} does not exist") from None
-        except (OSError, UnicodeDecodeError) as e:
+        except OSError as e:
             raise UserError(f"cannot read math problems file {path}: {e}") from None
         pool: dict[str, list[Problem]] = {"train": [], "test": []}
         seen: set[str] = set()
-        for lineno, line in enumerate(lines, 1):
+        for lineno, raw in enumerate(lines, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                self._bad(path, lineno, f"not UTF-8 text (byte {e.start + 1} of the line)")
+                continue
             if not line.strip():
                 continue
             try:

@@ -407,6 +407,20 @@ def test_jsonl_malformed_line_names_file_and_line(tmp_path, bad, why):
     assert len(task._pool["train"]) + len(task._pool["test"]) == 2
 
 
+def test_jsonl_line_separators_and_undecodable_lines(tmp_path):
+    """A problem holding U+2028 (or U+0085) as it is, which JSON allows inside a string, loads
+    whole (before: the line was cut there and refused); a line that is not UTF-8 is named, and
+    skip_bad skips it like any other bad line (before: the whole file was refused)."""
+    good = {"problem": "Add 2\u2028and 3\u0085please.", "answer": "5"}
+    path = tmp_path / "p.jsonl"
+    path.write_bytes(json.dumps(good, ensure_ascii=False).encode() + b"\n" + b'{"problem": "\xff", "answer": "1"}\n')
+    with pytest.raises(UserError, match=r"p\.jsonl:2: not UTF-8"):
+        MathTask(path=path).problems(1, split="train")
+    task = MathTask(path=path, skip_bad=True, test_fraction=0.01)
+    problems = task._load(path)["train"] + task._load(path)["test"]
+    assert [p.prompt for p in problems] == [good["problem"]] and task.skipped >= 1
+
+
 def test_jsonl_missing_file_and_duplicate_ids(tmp_path):
     """A missing file and a repeated id are UserErrors naming the file."""
     with pytest.raises(UserError, match="does not exist"):
