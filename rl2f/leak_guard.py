@@ -5,12 +5,17 @@ and the task's `answer_forms` (any hit is a leak), then an optional judge. A num
 also appears in the problem's prompt is never a leak: hints may quote the problem.
 
 1. Numbers, by value, on token boundaries (`1` is not inside `12`, `2nd` is not a number):
-   integers, decimals (`.5` too), `1,000`, `a/b`, `\\frac{a}{b}`, `p%` (also read as p/100).
+   integers, decimals (`.5` too), `1,000`, `a/b`, `\\frac{a}{b}`, `p%` (also read as p/100),
+   `3.6e3` and `3.6 x 10^3`, `3.6 thousand`, the Unicode fractions (`\u00bd`, `1\u00be`).
    For a non-integer answer, a decimal that is the answer rounded (>= 2 significant digits).
+   A one-digit number right after a label word ("redo step 2", "line 3") names a place and
+   is not read as a value.
 2. Numbers in words, whatever punctuation surrounds them ("seventy-six.", "(seventy six)",
-   "Seventy six!"): integers >= 10 anywhere; fractions and percents ("one half", "half",
-   "three quarters", "fifty percent"); "zero point five"; a one-digit number only where it
-   is stated as a value ("It's seven.", "x equals seven", "the answer is seven").
+   "Seventy six!"): integers >= 10 anywhere ("a hundred forty-four" too); fractions and
+   percents ("one half", "half", "three quarters", "twenty-five hundredths", "fifty
+   percent"), but not "half of your ..." (a share of the student's work); groups ("nine
+   tens" is 90); "zero point five"; a one-digit number only where it is stated as a value
+   ("It's seven.", "x equals seven", "the answer is seven").
 3. Non-numeric forms (`2\\sqrt{3}`, `(1, 2]`, a move string) as substrings after dropping
    case, whitespace, `$`, braces, parentheses, `\\left`/`\\right`, `*`, `\\cdot`; letter-only
    forms on word boundaries, and ones of <= 3 letters (`no`, `A`) only in "answer is X" or
@@ -18,13 +23,13 @@ also appears in the problem's prompt is never a leak: hints may quote the proble
 4. Spelled out one character at a time ("3 4 5", "3-4-5", "three four five", "the digits are
    3, 4 and 5") for an answer of >= 2 digits or >= 3 letters.
 5. Digit by digit and by place value ("the first digit is 7 and the second digit is 6",
-   "7 tens and 6 ones", "the units digit is 6"): a leak when the stated digits make up the
-   whole answer. This check reads the episode's cumulative teacher text (`earlier`: the
-   teacher messages already sent in this episode), so one digit per turn is caught on the
-   turn that completes the answer.
+   "7 tens and 6 ones", "the units digit is 6", "it starts with a 7", "it ends in a 6"): a
+   leak when the stated digits make up the whole answer. This check reads the episode's
+   cumulative teacher text (`earlier`: the teacher messages already sent in this episode),
+   so one digit per turn is caught on the turn that completes the answer.
 6. Symbolic answers (`2\\sqrt{3}`), through the math engine (`rl2f.tasks.answers`): a formula
-   in the message equivalent to the answer (`\\sqrt{12}`), or a decimal that is its value
-   rounded or cut to >= 3 significant digits ("about 3.46").
+   in the message equivalent to the answer (`\\sqrt{12}`, "the square root of twelve"), or a
+   decimal that is its value rounded or cut to >= 3 significant digits ("about 3.46").
 7. `judge(message, problem) -> bool` (an LLM judge, say), consulted only when 1-6 pass.
 """
 from __future__ import annotations
@@ -57,14 +62,39 @@ _SLASH = re.compile(r"(?<![\w.])(-?\d+)\s*/\s*(\d+)(?!\w|\.\d)")
 _PERCENT = re.compile(r"(?<![\w.])(-?\d+(?:\.\d+)?)\s*(?:\\?%|\s*percent\b)")
 
 
+_SCIENTIFIC = re.compile(r"(?<![\w.])(-?\d+(?:\.\d+)?)\s*(?:[eE]([+-]?\d{1,3})|(?:\*|x|\u00d7)\s*10\^\{?([+-]?\d{1,3})\}?)(?!\w)")
+_NUMBER_SCALE = re.compile(r"(?<![\w.])(-?\d+(?:\.\d+)?)\s+(thousand|million|billion)\b", re.IGNORECASE)
+_VULGAR = {"\u00bd": Fraction(1, 2), "\u2153": Fraction(1, 3), "\u2154": Fraction(2, 3), "\u00bc": Fraction(1, 4),
+           "\u00be": Fraction(3, 4), "\u2155": Fraction(1, 5), "\u2156": Fraction(2, 5), "\u2157": Fraction(3, 5),
+           "\u2158": Fraction(4, 5), "\u2159": Fraction(1, 6), "\u215a": Fraction(5, 6), "\u215b": Fraction(1, 8),
+           "\u215c": Fraction(3, 8), "\u215d": Fraction(5, 8), "\u215e": Fraction(7, 8)}
+# A number right after one of these words labels something ("redo step 2"): it is not a value.
+_LABEL = re.compile(r"\b(?:step|steps|line|lines|part|question|problem|equation|case|round|turn|attempt|try|"
+                    r"row|column|item|option|stage|page|chapter|section|figure|rule)\s*#?$", re.IGNORECASE)
+
+
 def _numbers(text: str) -> list[tuple[Fraction, str]]:
-    """(value, literal) for each number in `text`; fractions and percents add their value."""
+    """(value, literal) for each number in `text`; fractions and percents add their value,
+    and so do scientific notation ("3.6e3"), a decimal with a scale word ("3.6 thousand")
+    and the Unicode fractions ("\u00bd"). A one-digit number right after a label word
+    ("step 2") is left out: it names a place, not a value."""
     out = []
     for m in _NUMBER.finditer(text):
         if m.group(2) is None and m.group(3) is None:
             continue
         lit = (m.group(1) or "") + (m.group(2) or "0").replace(",", "") + (m.group(3) or "")
+        if len(m.group(0).lstrip("-")) == 1 and _LABEL.search(text[max(0, m.start() - 12) : m.start()]):
+            continue
         out.append((Fraction(lit), m.group(0)))
+    for m in _SCIENTIFIC.finditer(text):
+        exponent = int(m.group(2) if m.group(2) is not None else m.group(3))
+        out.append((Fraction(m.group(1)) * Fraction(10) ** exponent, m.group(0)))
+    for m in _NUMBER_SCALE.finditer(text):
+        out.append((Fraction(m.group(1)) * _SCALES[m.group(2).lower()], m.group(0)))
+    for i, c in enumerate(text):
+        if c in _VULGAR:
+            whole = re.search(r"(?<![\w.])(\d+)$", text[:i])  # "1\u00bd"
+            out.append(((int(whole.group(1)) if whole else 0) + _VULGAR[c], (whole.group(1) if whole else "") + c))
     for m in _TEX_FRAC.finditer(text):
         a, b = (m.group(1), m.group(2)) if m.group(1) is not None else (m.group(3), m.group(4))
         if int(b) != 0:
@@ -97,8 +127,12 @@ _SCALES = {"hundred": 100, "thousand": 10**3, "million": 10**6, "billion": 10**9
 _DENOMINATORS = {"half": 2, "halves": 2, "third": 3, "thirds": 3, "quarter": 4, "quarters": 4,
                  "fourth": 4, "fourths": 4, "fifth": 5, "fifths": 5, "sixth": 6, "sixths": 6,
                  "seventh": 7, "sevenths": 7, "eighth": 8, "eighths": 8, "ninth": 9, "ninths": 9,
-                 "tenth": 10, "tenths": 10}
+                 "tenth": 10, "tenths": 10, "hundredth": 100, "hundredths": 100,
+                 "thousandth": 1000, "thousandths": 1000}
 _WORD = re.compile(r"[a-z]+")
+_GROUPS = {"tens": 10, "hundreds": 100, "thousands": 1000}  # "nine tens": 90
+# "half of your reasoning" is a share of the student's work, not a value ("half of the time" is)
+_OWNERS = {"your", "my", "our", "his", "her", "their", "this", "that", "these", "those", "its"}
 # A number word stated as a value: "is seven", "it's seven", "equals seven", "= seven".
 _VALUE_CUE = re.compile(r"(?:\bis|'s|\bequals?|=|\bbe|\bgets?|\bgives?|\bmakes?|\bgot|\bwas|\banswer|\bresult)"
                         r"\s*:?\s*(?:(?:minus|negative)\s+)?$")
@@ -148,6 +182,9 @@ def _word_numbers(text: str) -> list[tuple[Fraction, str, bool]]:
         if w in ("minus", "negative") and i + 1 < len(words) and _word_kind(words[i + 1].group(0)):
             sign, i = -1, i + 1
         total, current, last, j = 0, 0, None, i
+        if w in ("a", "an") and i + 1 < len(words) and words[i + 1].group(0) in _SCALES \
+                and re.fullmatch(r"\s+", low[words[i].end() : words[i + 1].start()]):
+            current, last, j = 1, "one", i + 1  # "a hundred forty four", "a thousand"
         while j < len(words):
             w = words[j].group(0)
             kind = _word_kind(w)
@@ -175,7 +212,8 @@ def _word_numbers(text: str) -> list[tuple[Fraction, str, bool]]:
             w = words[i].group(0)
             nxt = words[i + 1].group(0) if i + 1 < len(words) else ""
             if w in ("half", "halves"):
-                out.append((Fraction(1, 2), w, True))
+                owner = words[i + 2].group(0) if i + 2 < len(words) else ""
+                out.append((Fraction(1, 2), w, not (nxt == "of" and owner in _OWNERS)))
             elif w in ("a", "an") and nxt in _DENOMINATORS:
                 out.append((Fraction(1, _DENOMINATORS[nxt]), f"{w} {nxt}", True))
                 i += 1
@@ -186,6 +224,9 @@ def _word_numbers(text: str) -> list[tuple[Fraction, str, bool]]:
         nxt = words[j].group(0) if j < len(words) else ""
         if nxt in _DENOMINATORS and value != 0:
             value, stated, literal_end, j = value / _DENOMINATORS[nxt], True, words[j].end(), j + 1
+        elif nxt in _GROUPS and value != 0 and not (j + 1 < len(words) and words[j + 1].group(0) in ("and", "plus")):
+            # "nine tens" is 90 (a digit with its place, "7 tens and 6 ones", is check 5's)
+            value, stated, literal_end, j = value * _GROUPS[nxt], True, words[j].end(), j + 1
         elif nxt == "percent" or (nxt == "per" and j + 1 < len(words) and words[j + 1].group(0) == "cent"):
             j += 1 if nxt == "percent" else 2
             value, stated, literal_end = value / 100, True, words[j - 1].end()
@@ -216,6 +257,8 @@ _DIGIT_IS = re.compile(r"\b(" + _PLACE + r")(?:[\s-]+place)?[\s-]+digit(?:\s+of\
                        r"(?:is|=|:|equals|should\s+be|must\s+be)\s*(?:an?\s+)?(" + _DIGIT_WORD + r")\b", re.IGNORECASE)
 _DIGIT_IN_PLACE = re.compile(r"\bdigit\s+in\s+the\s+(" + _PLACE + r")(?:[\s-]+place)?\s*(?:is|=|:)\s*(" + _DIGIT_WORD + r")\b",
                              re.IGNORECASE)
+_ENDS = re.compile(r"\b(ends?|ending|starts?|starting|begins?|beginning)\s+(?:in|with)\s+(?:an?\s+)?(?:the\s+digit\s+)?("
+                   + _DIGIT_WORD + r")\b(?!\s*(?:\.\d|,\d))", re.IGNORECASE)
 _PLACE_VALUE = re.compile(r"\b(" + _DIGIT_WORD + r")\s+(ten-thousands|thousands|hundreds|tens|ones|units)\b", re.IGNORECASE)
 
 
@@ -235,6 +278,8 @@ def _digit_facts(text: str) -> frozenset[tuple[str, int, int]]:
         place = place.lower()
         side, pos = ("L", _FROM_LEFT[place]) if place in _FROM_LEFT else ("R", _FROM_RIGHT[place])
         facts.add((side, pos, _digit(d)))
+    for m in _ENDS.finditer(text):
+        facts.add(("R" if m.group(1).lower().startswith("end") else "L", 0, _digit(m.group(2))))
     return frozenset(facts)
 
 
@@ -284,6 +329,23 @@ _FORMULA = re.compile(r"(?<!\\)\$([^$]+)\$|\\\((.+?)\\\)|([^\s,;!?$]*(?:\\[A-Za-
 _MAX_FORMULAS = 8
 
 
+_ROOT = re.compile(r"\b(square|cube)\s+root\s+of\s+(\d+|(?:[a-z]+[\s-]?){1,4})", re.IGNORECASE)
+
+
+def _root_words(text: str) -> list[str]:
+    """'the square root of two' -> 'sqrt(2)' (a number in digits or words), for check 6."""
+    out = []
+    for m in _ROOT.finditer(text):
+        arg = m.group(2).strip()
+        if not arg.isdigit():
+            numbers = _word_numbers(arg)
+            if not numbers or numbers[0][1] != arg.lower().split(" ")[0] and not arg.lower().startswith(numbers[0][1]):
+                continue
+            arg = str(numbers[0][0])
+        out.append(f"sqrt({arg})" if m.group(1).lower() == "square" else f"({arg})**(1/3)")
+    return out
+
+
 def _formulas(text: str) -> list[str]:
     out = []
     for m in _FORMULA.finditer(text):
@@ -329,6 +391,7 @@ class _Answer(NamedTuple):
     cprompt: str  # the prompt, compacted
     spelled_prompt: str
     wprompt: str
+    roots_prompt: frozenset  # "square root of 12" in the prompt, as formulas
 
 
 @functools.lru_cache(maxsize=1024)
@@ -339,7 +402,8 @@ def _answer(prompt: str, forms: tuple[str, ...]) -> _Answer:
     abs_prompt = frozenset(abs(v) for v in in_prompt)
     return _Answer(values, tuple(f for f, v in parsed if v is None),
                    frozenset(abs(v.numerator) for v in values if v.denominator == 1 and abs(v) not in abs_prompt),
-                   in_prompt, abs_prompt, _compact(prompt), _digits_as_numerals(prompt), _wordy(prompt))
+                   in_prompt, abs_prompt, _compact(prompt), _digits_as_numerals(prompt), _wordy(prompt),
+                   frozenset(_root_words(prompt)))
 
 
 def _string_leak(message: str, earlier: tuple[str, ...], prompt: str, forms: tuple[str, ...]) -> str | None:
@@ -428,7 +492,7 @@ def _symbolic_leak(message: str, a: _Answer) -> str | None:
     for f in a.symbolic:
         if not re.search(r"\\[A-Za-z]|\d", f) or _compact(f) in a.cprompt:
             continue
-        for formula in _formulas(message):
+        for formula in _formulas(message) + [r for r in _root_words(message) if r not in a.roots_prompt]:
             if _compact(formula) not in a.cprompt and is_equivalent(formula, f, math=True):
                 return f"{formula!r} is equivalent to the answer {f!r}"
         decimals = [(d, k, lit) for d, k, lit in _decimals(message) if _significant(lit) >= 3 and d not in a.in_prompt]

@@ -251,3 +251,44 @@ def test_programmatic_teacher_passes_earlier_teacher_messages():
     task = MathTask()
     ProgrammaticTeacher(task, Spy(task)).feedback([FeedbackRequest(P76, "Answer: 12", verdict, history)])
     assert seen == [["hint one"]]
+
+
+# Forms an audit at ffe5a89 found missed (LLM-style hints), and two false alarms.
+P144 = Problem("q144", "What is 12 squared?", "144")
+P025 = Problem("q025", "What is 5 times 5, divided by 100?", "0.25")
+P90 = Problem("q90", "What is 45 + 45?", "90")
+PROOT2 = Problem("qr2", "Simplify 2/sqrt(8).", r"\frac{\sqrt{2}}{2} \cdot 2")
+P19 = Problem("q19", "What is 11 + 8?", "19")
+P3600 = Problem("q3600", "How many seconds are in an hour?", "3600")
+PHALF2 = Problem("qh", "A fair coin: chance of tails?", "1/2")
+P2 = Problem("q2", "What is 1 + 1?", "2")
+MISSED = [
+    (P144, "You are close: it is a hundred forty-four."),
+    (P025, "Think of twenty-five hundredths."),
+    (P90, "The sum is nine tens."),
+    (PROOT2, "It simplifies to the square root of two."),
+    (P3600, "It is 3.6 thousand seconds."),
+    (P3600, "Write it as 3.6e3."),
+    (PHALF2, "The chance is \u00bd."),
+]
+
+
+@pytest.mark.parametrize("problem,message", MISSED, ids=[m for _, m in MISSED])
+def test_forms_missed_at_ffe5a89_are_caught(problem, message):
+    check = LeakGuard(MathTask()).check(message, problem)
+    assert check.leaked and check.reason, message
+
+
+def test_a_digit_per_turn_with_ends_in_is_caught_across_turns():
+    """"It starts with a 1" then "it ends in a 9": the two turns name both digits of 19."""
+    guard = LeakGuard(MathTask())
+    assert not guard.check("Your answer should start with a 1.", P19).leaked
+    check = guard.check("Also, it ends in a 9.", P19, earlier=["Your answer should start with a 1."])
+    assert check.leaked and "across turns" in check.reason
+
+
+@pytest.mark.parametrize("problem,message", [(PHALF2, "Half of your reasoning is right; check the rest."),
+                                             (P2, "Redo step 2: the carry is wrong.")])
+def test_false_alarms_at_ffe5a89_pass(problem, message):
+    check = LeakGuard(MathTask()).check(message, problem)
+    assert not check.leaked, check.reason

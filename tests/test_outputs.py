@@ -96,10 +96,14 @@ def start_and_wait(args, env, ready: Path):
     proc = subprocess.Popen([sys.executable, "-m", "rl2f.cli", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, env=env, cwd=ROOT, start_new_session=True)
     deadline = time.monotonic() + 120
-    while not (ready.exists() and ready.stat().st_size):
-        assert proc.poll() is None, proc.communicate()
-        assert time.monotonic() < deadline
-        time.sleep(0.1)
+    try:
+        while not (ready.exists() and ready.stat().st_size):
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+    except BaseException:
+        stop(proc)  # never leave it running
+        raise
     return proc
 
 
