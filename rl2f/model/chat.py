@@ -18,8 +18,11 @@ template's ids for any tokenizer.json, merges across message boundaries included
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
+import threading
 from datetime import datetime
 from pathlib import Path
 
@@ -28,6 +31,7 @@ from rl2f.errors import UserError
 FAMILIES = ("gemma3", "qwen2", "qwen3", "llama")
 ROLES = ("system", "user", "assistant")
 TEMPLATE_DIR = Path(__file__).parent / "templates"  # package data: one official template per family
+RENDER_SECONDS = 10.0  # a render takes milliseconds; a checkpoint's template that loops for ever is stopped
 
 
 def validate_messages(messages) -> list[dict]:
@@ -110,7 +114,11 @@ class ChatTemplate:
         context = {**self.variables, **variables, "messages": [dict(m) for m in messages], "tools": None,
                    "documents": None, "add_generation_prompt": add_generation_prompt}
         try:
-            return template.render(**context)
+            with _time_limit(RENDER_SECONDS):
+                return template.render(**context)
+        except _RenderTimeout:
+            raise UserError(f"{self.origin}: the chat template did not finish rendering in {RENDER_SECONDS:g} s "
+                            "(a loop that runs for ever, or nearly?)") from None
         except Exception as e:  # the template is the checkpoint's code: any failure is its message
             raise UserError(f"{self.origin}: the chat template cannot render this dialogue "
                             f"({type(e).__name__}: {_one_line(e)})") from None
@@ -145,6 +153,32 @@ def _one_line(message) -> str:
 
 
 _ENV = None
+
+
+class _RenderTimeout(BaseException):
+    """Raised inside a render by `_time_limit` (a BaseException: templates catch no such thing)."""
+
+
+@contextlib.contextmanager
+def _time_limit(seconds: float):
+    """Stop the block after `seconds` of wall time with _RenderTimeout, through SIGALRM: Jinja
+    renders in Python bytecode, which a signal interrupts. Only in the main thread and only
+    when no one else has a SIGALRM handler (else the block runs unbounded)."""
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGALRM) not in (
+            signal.SIG_DFL, None):
+        yield
+        return
+
+    def stop(signum, frame):
+        raise _RenderTimeout()
+
+    previous = signal.signal(signal.SIGALRM, stop)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 def _environment():

@@ -383,6 +383,24 @@ def test_sandbox_and_helpers():
         ChatTemplate("{% set ns = namespace(_x=1) %}", "t.jinja").text([{"role": "user", "content": "x"}])
 
 
+def test_a_template_that_loops_for_ever_is_stopped(monkeypatch):
+    """A template with 10^10 loop iterations is one UserError after chat.RENDER_SECONDS
+    (before: it rendered for hours); the limit is gone afterwards (no alarm left behind)."""
+    import signal
+    import time
+
+    from rl2f.model import chat
+
+    monkeypatch.setattr(chat, "RENDER_SECONDS", 1.0)
+    t = ChatTemplate("{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}x", "t.jinja")
+    start = time.monotonic()
+    with pytest.raises(UserError, match=r"t.jinja: the chat template did not finish rendering in 1 s"):
+        t.text([{"role": "user", "content": "x"}])
+    assert time.monotonic() - start < 10
+    assert signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0) and signal.getsignal(signal.SIGALRM) == signal.SIG_DFL
+    assert ChatTemplate("{{ messages[0]['content'] }}", "t.jinja").text([{"role": "user", "content": "ok"}]) == "ok"
+
+
 def test_block_whitespace_as_transformers(checkpoint):
     """A template written without `-` whitespace control (indented blocks, a newline after each tag)
     renders as transformers renders it: trim_blocks and lstrip_blocks on."""
