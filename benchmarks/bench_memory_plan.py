@@ -26,9 +26,9 @@ import tempfile
 import torch
 
 from benchmarks import harness
-from rl2f.run import cache_dir
+from rl2f.model.gguf import model_dir
 
-SMOLLM2 = cache_dir() / "models" / "smollm2"  # `rl2f fetch-model smollm2` writes it there
+SMOLLM2 = model_dir("smollm2")  # where `rl2f fetch-model smollm2` writes it
 COMMON = ["train.max_steps=2", "train.drop_zero_variance=false", "train.save_every=0", "model.device=\"cpu\""]
 CASES = {
     # the tiny model on its own RL2F config (number guessing, 4 turns, 8 x 8 rows)

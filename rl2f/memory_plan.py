@@ -286,9 +286,9 @@ def model_config_for(cfg: RunConfig, model_config: str | Path | None = None) -> 
     if cfg.model.path and not (Path(cfg.model.path).expanduser() / "config.json").is_file():
         raise UserError(f"model.path: {cfg.model.path} has no config.json (not downloaded yet?): give the "
                         "model's config.json to plan for (plan-memory --model-config FILE)")
-    from rl2f.run import resolve_model_path
+    from rl2f.model.tiny import checkpoint_dir
 
-    return read_config(resolve_model_path(cfg))
+    return read_config(checkpoint_dir(cfg.model.path, cfg.model.tiny_family, cfg.model.tiny_seed))
 
 
 def over_memory_message(cfg: RunConfig, mc: ModelConfig, world_size: int, device_bytes: int) -> str | None:

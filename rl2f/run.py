@@ -10,9 +10,6 @@ turns and its sampling are passed in explicitly, never patched afterwards.
 from __future__ import annotations
 
 import dataclasses
-import os
-import shutil
-import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,11 +21,11 @@ from rl2f.distributed import Dist, shard_model
 from rl2f.engine import make_engine
 from rl2f.engine.types import Engine, SamplingParams
 from rl2f.episodes import EpisodeRunner
-from rl2f.errors import UserError
 from rl2f.lora import apply_lora, load_adapter
 from rl2f.memory_plan import over_memory_message
-from rl2f.model import CausalLM, Tokenizer, build_tiny_checkpoint, load_config, load_model, load_tokenizer
+from rl2f.model import CausalLM, Tokenizer, load_config, load_model, load_tokenizer
 from rl2f.model.loading import check_tokenizer_fits
+from rl2f.model.tiny import checkpoint_dir
 from rl2f.tasks import get_task
 from rl2f.tasks.base import Task
 from rl2f.teacher import make_teacher
@@ -45,28 +42,9 @@ class Run:
     engine: Engine | None = None
 
 
-def cache_dir() -> Path:
-    return Path(os.environ.get("RL2F_CACHE", Path.home() / ".cache" / "rl2f"))
-
-
 def resolve_model_path(cfg: RunConfig) -> Path:
     """`model.path`, or the embedded tiny checkpoint (written once to the cache, atomically)."""
-    if cfg.model.path:
-        path = Path(cfg.model.path).expanduser()
-        if not (path / "config.json").is_file():
-            raise UserError(f"model.path: {path} is not a checkpoint directory (no config.json)")
-        return path
-    path = cache_dir() / f"tiny-{cfg.model.tiny_family}-seed{cfg.model.tiny_seed}"
-    if (path / "config.json").is_file():
-        return path
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
-    build_tiny_checkpoint(tmp, family=cfg.model.tiny_family, seed=cfg.model.tiny_seed)
-    try:
-        os.rename(tmp, path)
-    except OSError:  # another rank or process won the race: theirs is the same checkpoint
-        shutil.rmtree(tmp, ignore_errors=True)
-    return path
+    return checkpoint_dir(cfg.model.path, cfg.model.tiny_family, cfg.model.tiny_seed)
 
 
 def build_run(cfg: RunConfig, d: Dist, adapter: str | Path | None = None, task: Task | None = None,

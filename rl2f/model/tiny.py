@@ -9,11 +9,16 @@ Default family: Gemma 3, the paper's model (5 local : 1 global layers, as the re
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import torch
 
+from rl2f.errors import UserError
 from rl2f.model.config import CAUSAL_LM_ARCH, TEXT_MODEL_TYPE, parse_hf_config
+from rl2f.model.gguf import cache_root
 from rl2f.model.modeling import CausalLM, RMSNorm
 from rl2f.model.tokenizer import build_tiny_tokenizer, tiny_special_ids, write_tokenizer
 
@@ -107,3 +112,24 @@ def build_tiny_checkpoint(out_dir: str | Path, family: str = "gemma3", seed: int
     out = write_checkpoint(out_dir, hf, model)
     write_tokenizer(tok, out, family)
     return out
+
+
+def checkpoint_dir(path: str, family: str = "gemma3", seed: int = 0) -> Path:
+    """A run config's `model.path`, or for "" the embedded tiny checkpoint of `family` and
+    `seed`, written once to the cache ($RL2F_CACHE), atomically."""
+    if path:
+        where = Path(path).expanduser()
+        if not (where / "config.json").is_file():
+            raise UserError(f"model.path: {where} is not a checkpoint directory (no config.json)")
+        return where
+    where = cache_root() / f"tiny-{family}-seed{seed}"
+    if (where / "config.json").is_file():
+        return where
+    where.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{where.name}.tmp-", dir=where.parent))
+    build_tiny_checkpoint(tmp, family=family, seed=seed)
+    try:
+        os.rename(tmp, where)
+    except OSError:  # another rank or process won the race: theirs is the same checkpoint
+        shutil.rmtree(tmp, ignore_errors=True)
+    return where
