@@ -8,6 +8,7 @@ trainer rolls out) each rank generates with the built-in engine's defaults, rank
 whose prompt extends the first dialogue (the next turn). Every torch.distributed collective
 is counted; each rank writes OUT/rank{r}.json.
 """
+import gc
 import json
 import sys
 from pathlib import Path
@@ -67,4 +68,9 @@ done = torch.ones(1)
 dist.all_reduce(done)  # both ranks left the rollout
 record["ranks_done"] = int(done.item())
 Path(out, f"rank{d.rank}.json").write_text(json.dumps(record))
+# The sharded model's DTensors hold the process group: free them before it is destroyed, not
+# in the interpreter's exit, where CI once saw gloo abort rank 0 ("terminate called without
+# an active exception") after both ranks had written their records.
+del engine, model
+gc.collect()
 shutdown(d)
