@@ -339,7 +339,7 @@ def _root_words(text: str) -> list[str]:
         arg = m.group(2).strip()
         if not arg.isdigit():
             numbers = _word_numbers(arg)
-            if not numbers or numbers[0][1] != arg.lower().split(" ")[0] and not arg.lower().startswith(numbers[0][1]):
+            if not numbers or not arg.lower().startswith(numbers[0][1]):  # words, but no number first
                 continue
             arg = str(numbers[0][0])
         out.append(f"sqrt({arg})" if m.group(1).lower() == "square" else f"({arg})**(1/3)")

@@ -38,7 +38,6 @@ DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 ENGINE_MAX_ROWS = 64  # the built-in engine's max_batch_size: rows decoded together
 CUDA_RESERVE = 2 * GiB  # CUDA context, NCCL buffers, allocator fragmentation (not planned in detail)
 VLLM_ASLEEP = 1 * GiB  # what a sleeping vLLM keeps on the GPU (CUDA graphs, its context)
-LOGPROB_BLOCK = {"cuda": 1 << 26, "cpu": 1 << 20}  # kernels.linear_token_logprobs.CHUNK_ELEMS
 TEMPLATE_TOKENS = 16  # chat-template tokens around one message
 
 
@@ -174,9 +173,10 @@ def plan_memory(cfg: RunConfig, mc: ModelConfig, world_size: int = 1, device: st
 
     weights = sizes.params * s
     lora = sizes.lora_params * 4
+    lora_shard = _ceil_div(lora, W)  # the adapter, its gradient and each AdamW moment, per rank
     resident = {"base weights" + (" (1/world)" if W > 1 else ""): _ceil_div(weights, W),
-                "adapter (fp32)": _ceil_div(lora, W)}
-    adam = {"AdamW moments (fp32)": 2 * _ceil_div(lora, W)}
+                "adapter (fp32)": lora_shard}
+    adam = {"AdamW moments (fp32)": 2 * lora_shard}
     if device == "cuda":
         resident["CUDA context, allocator reserve"] = CUDA_RESERVE
     phases = []
@@ -240,15 +240,17 @@ def plan_memory(cfg: RunConfig, mc: ModelConfig, world_size: int = 1, device: st
     else:
         train["activations: all layers"] = N * L * per_token_layer
     train["backward: one layer's gradients"] = N * per_token_layer
-    block = min(N * mc.vocab_size, LOGPROB_BLOCK[device])
+    from rl2f.kernels.linear_token_logprobs import CHUNK_ELEMS  # the fused head's logits block
+
+    block = min(N * mc.vocab_size, CHUNK_ELEMS[device])
     train["final hidden + log-prob block"] = N * H * (s + 4) + 2 * block * 4
     if t.beta > 0:
         train["reference forward (beta > 0)"] = N * (per_token_layer + H * s)
-    train["adapter gradients (fp32)"] = _ceil_div(lora, W)
+    train["adapter gradients (fp32)"] = lora_shard
     phases.append(Phase("train", {**resident, **adam, **vllm, **train}))
 
     # --- optimiser step
-    optim = {"adapter gradients (fp32)": _ceil_div(lora, W)}
+    optim = {"adapter gradients (fp32)": lora_shard}
     phases.append(Phase("optim", {**resident, **adam, **vllm, **optim}))
     return MemoryPlan(W, device, device_bytes, shapes, phases, notes)
 

@@ -30,7 +30,8 @@ _held: dict[str, int] = {}  # path -> descriptor of the locks this process holds
 
 def lock(path: Path, what: str) -> None:
     """Take the exclusive advisory lock on `path` (created if missing) for the rest of this
-    process; refuse, naming the holder, when another process has it. Idempotent."""
+    process, and leave this process's pid beside it (`PATH.pid`); refuse, naming the holder,
+    when another process has it. Idempotent."""
     key = str(path.resolve())
     if key in _held:
         return
@@ -47,6 +48,10 @@ def lock(path: Path, what: str) -> None:
         raise UserError(f"{what}: another rl2f process{_holder(path)} is writing there; wait for it to end "
                         "or choose another output") from None
     _held[key] = fd
+    try:
+        (path.parent / (path.name + ".pid")).write_text(json.dumps({"pid": os.getpid()}))
+    except OSError:
+        pass  # the lock holds without it; a refused process then names no pid
 
 
 def _holder(path: Path) -> str:
@@ -56,20 +61,6 @@ def _holder(path: Path) -> str:
         return f" (pid {int(pid)})"
     except (OSError, ValueError, KeyError, TypeError):
         return ""
-
-
-def _note_holder(path: Path) -> None:
-    try:
-        (path.parent / (path.name + ".pid")).write_text(json.dumps({"pid": os.getpid()}))
-    except OSError:
-        pass
-
-
-def release_all() -> None:
-    """Drop this process's locks (tests; a process's exit does the same)."""
-    for fd in _held.values():
-        os.close(fd)
-    _held.clear()
 
 
 def claim_dir(out_dir: Path, kind: str, lock_it: bool = True, adopt: bool = False) -> None:
@@ -102,7 +93,6 @@ def claim_dir(out_dir: Path, kind: str, lock_it: bool = True, adopt: bool = Fals
     except OSError as e:
         raise UserError(f"{what}: cannot write there ({e.strerror or e}); nothing was written") from None
     lock(marker, what)
-    _note_holder(marker)
     _write_marker(marker, kind)
 
 
@@ -146,7 +136,6 @@ def claim_file(out: Path, identity: dict, what: str = "--out") -> None:
     except OSError as e:
         raise UserError(f"{what}: cannot write there ({e.strerror or e})") from None
     lock(out.parent / f".{out.name}.lock", what)
-    _note_holder(out.parent / f".{out.name}.lock")
     sidecar = out.parent / (out.name + ".rl2f.json")
     has_episodes = out.is_file() and out.stat().st_size > 0
     if sidecar.is_file():

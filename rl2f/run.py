@@ -98,7 +98,8 @@ def build_engine(cfg: RunConfig, model, tokenizer, path: Path, d: Dist) -> Engin
     if cfg.rollout.engine == "builtin":
         return make_engine("builtin", model=model, tokenizer=tokenizer, prefix_cache_bytes=cfg.rollout.prefix_cache_mb << 20)
     # One vLLM engine per rank on its own GPU, beside the trainer, which gets what vLLM's
-    # share (rollout.vllm_gpu_memory_utilization) leaves: `rl2f plan-memory` shows both. Under torchrun, vLLM joins the existing process group instead of starting its own
+    # share (rollout.vllm_gpu_memory_utilization) leaves: `rl2f plan-memory` shows both.
+    # Under torchrun, vLLM joins the existing process group instead of starting its own
     # (the "external_launcher" executor, as TRL's colocate mode does).
     extra = {"distributed_executor_backend": "external_launcher"} if d.enabled else {}
     return make_engine("vllm", model_path=str(path), tokenizer=tokenizer, max_lora_rank=max(cfg.lora.rank, 8),
