@@ -61,9 +61,9 @@ def generate(config_path, overrides, out, adapter, split, n_problems, skip_bad):
         raise UserError(f"--problems must be in 1..{MAX_PROBLEMS:,}, got {n:,}")
     problems = run.task.problems(n, seed=cfg.task.seed, split=split)
     # one writer, and resumed only by the settings that made its episodes
-    claim_file(Path(out), {"model": to_dict(cfg)["model"], "task": to_dict(cfg)["task"],
-                           "rollout": to_dict(cfg)["rollout"], "adapter": adapter_digest(adapter),
-                           "split": split, "problems": n})
+    settings = to_dict(cfg)
+    claim_file(Path(out), {**{k: settings[k] for k in ("model", "task", "rollout")},
+                           "adapter": adapter_digest(adapter), "split": split, "problems": n})
 
     start = time.perf_counter()
     new = []
