@@ -66,10 +66,11 @@ def train(method, config_path, overrides, out, resume):
             stem = Path(config_path).stem if config_path else "default"
             out = Path("runs") / f"{stem}-{cfg.train.method}"
     d = init_distributed(cfg.model.device)
-    try:
-        record = run_train(cfg, out, resume=resume, d=d)
-    finally:
-        shutdown(d)
+    # No shutdown (a barrier) when this rank failed: its peers may be inside a collective that
+    # never matches a barrier, and the error would wait there unprinted. The process exits with
+    # the error instead and torchrun stops the other ranks.
+    record = run_train(cfg, out, resume=resume, d=d)
+    shutdown(d)
     if d.is_main:
         keep = ("step", "loss", "reward_mean", "eval_loss", "checkpoint")
         click.echo(json.dumps({k: record[k] for k in keep if k in record}))

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from rl2f.config import RunConfig, TrainSection
-from rl2f.distributed import Dist, all_reduce_sum, init_distributed, loss_scale, max_over_ranks
+from rl2f.distributed import Dist, all_reduce_sum, barrier, init_distributed, loss_scale, max_over_ranks
 from rl2f.errors import UserError
 from rl2f.lora import lora_parameters
 from rl2f.outputs import claim_dir, remove_own
@@ -56,7 +56,14 @@ def start_run(cfg: RunConfig, out_dir: str | Path, resume, d: Dist | None, task,
         check_resume_config(cfg, ckpt, state["step"])
     if d is None:
         d = init_distributed(cfg.model.device)
-    check_out_dir(out_dir, resuming=ckpt is not None, is_main=d.is_main)
+    # Rank 0 claims the directory before the others look at it: a peer's check would
+    # otherwise meet a half-written marker, and rank 0 a peer's write probe ("holds files rl2f
+    # did not write").
+    if d.is_main:
+        check_out_dir(out_dir, resuming=ckpt is not None)
+    barrier(d)
+    if not d.is_main:
+        check_out_dir(out_dir, resuming=ckpt is not None, is_main=False)
     if ckpt is not None and d.is_main:
         Metrics.resume(out_dir / "metrics.jsonl", state["step"], state.get("metrics_row"))
     seed_everything(cfg.train.seed + d.rank)  # a resume then restores the saved RNG states

@@ -104,6 +104,34 @@ def test_cli_train_on_two_ranks_with_rows_of_different_lengths(tmp_path, tiny_ck
 
 
 @pytest.mark.slow
+def test_a_rank_that_fails_ends_the_run_with_its_error(tmp_path, tiny_ckpt):
+    """`torchrun ... rl2f.cli train` where rank 1 fails while rank 0 waits in a step's
+    collective: the run ends at once with rank 1's error printed. (Before, the failing rank
+    went to the exit barrier, which the other rank's collective never matched: both waited
+    for gloo's 30 minutes, and the error was never printed.)"""
+    worker = Path(__file__).resolve().parent / "dist_fail_worker.py"
+    proc = torchrun([str(worker), "train", "--method", "rlvr", "--config", str(ROOT / "configs" / "tiny-rlvr.toml"),
+                     "--out", str(tmp_path / "run"), "--set", f'model.path="{tiny_ckpt}"'], timeout=90, cwd=ROOT)
+    assert proc.returncode != 0
+    assert "RuntimeError: rank 1 failed here on purpose" in proc.stderr, proc.stderr[-3000:]
+
+
+@pytest.mark.slow
+def test_ranks_check_the_run_directory_after_rank_0_claimed_it(tmp_path, tiny_ckpt):
+    """Rank 0 claims --out slowly (its marker exists, still empty, for 2 s): rank 1 looks
+    at the directory only once it is claimed, and the run trains. (Before, rank 1 checked at
+    the same time and now and then met the half-written marker, or rank 0 met rank 1's write
+    probe: "holds files rl2f did not write (.write-test-PID)", one run in about 13 here.)"""
+    worker = Path(__file__).resolve().parent / "dist_slow_claim_worker.py"
+    out = tmp_path / "run"
+    proc = torchrun([str(worker), "train", "--method", "rlvr", "--config", str(ROOT / "configs" / "tiny-rlvr.toml"),
+                     "--out", str(out), "--set", f'model.path="{tiny_ckpt}"', "--set", "train.max_steps=1"],
+                    timeout=120, cwd=ROOT)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()] == [1]
+
+
+@pytest.mark.slow
 def test_adapter_hand_off_gathers_no_base_weight(tmp_path, tiny_ckpt):
     """The hand-off to vLLM and checkpoints gather the LoRA tensors alone: the all-gathered
     bytes equal the adapter's, one gather per LoRA tensor, while gathering the whole model
