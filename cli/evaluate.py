@@ -2,15 +2,18 @@
 
     rl2f evaluate --config FILE [--set section.key=value ...] --adapter NAME=DIR ... [--base/--no-base]
                   [--task NAME ...] [--turns T] [--problems N] [--seeds 0,1,2] [--self-correct NAME ...]
-                  [--save-episodes] --out DIR
+                  [--controls hints,retry,placebo] [--pass-at-k K] [--save-episodes] --out DIR
 
 Example (CPU, the embedded tiny model):
-    rl2f evaluate --config configs/tiny-rl2f.toml --adapter rl2f=runs/tiny-rl2f-rl2f/adapter \
-        --adapter rlvr=runs/tiny-rlvr-rlvr/adapter --seeds 0,1,2 --out runs/eval
+    rl2f evaluate --config configs/tiny-rl2f.toml --adapter rl2f=runs/tiny-rl2f-rl2f \
+        --adapter rlvr=runs/tiny-rlvr-rlvr --seeds 0,1,2 --out runs/eval
 
-For every model: acc@1..T with teacher feedback, retry without feedback, pass@K (K = T
-independent samples), correction rate, plasticity and leak rate, with 95% bootstrap
-intervals over problems. Writes DIR/report.json (schema: rl2f/eval/report.py), DIR/report.md
+An adapter is an adapter directory, a checkpoint, or a training run's --out (its newest
+checkpoint). For every model: acc@1..T with teacher feedback (hints), and the controls
+chosen with --controls (retry: "incorrect, try again"; placebo: the hints' format with no
+information), pass@K (K = T independent samples unless --pass-at-k), correction rate,
+plasticity and leak rate, with 95% bootstrap intervals over seeds and problems. Progress: a
+bar on a terminal, one line per batch of eval.batch_size problems in a log. Writes DIR/report.json (schema: rl2f/eval/report.py), DIR/report.md
 and DIR/*.png, and prints the Markdown table.
 """
 from __future__ import annotations
@@ -21,6 +24,7 @@ from pathlib import Path
 import click
 
 from rl2f.errors import UserError
+from rl2f.progress import Progress
 
 CONFIG = click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
                       help="TOML run config (default: all defaults, the tiny CPU model).")
@@ -43,15 +47,30 @@ def parse_seeds(text: str) -> list[int]:
     return seeds
 
 
+# --controls names -> episode kinds (rl2f.eval.evaluate.CONTROLS)
+CONTROL_NAMES = {"hints": "feedback", "retry": "retry", "placebo": "placebo"}
+
+
+def parse_controls(text: str) -> tuple[str, ...]:
+    names = [c.strip() for c in text.split(",") if c.strip()]
+    bad = [c for c in names if c not in CONTROL_NAMES]
+    if bad or not names:
+        raise UserError(f"--controls {text!r}: expected one or more of {', '.join(CONTROL_NAMES)}, comma-separated")
+    return tuple(dict.fromkeys(CONTROL_NAMES[c] for c in names))
+
+
 def parse_adapter(spec: str) -> tuple[str, str]:
-    """NAME=DIR, or DIR alone (named after the directory)."""
+    """NAME=DIR, or DIR alone (named after the directory). DIR: an adapter, a checkpoint, or
+    a training run's --out (its newest checkpoint's adapter)."""
+    from rl2f.train.checkpoint import adapter_dir
+
     name, sep, path = spec.partition("=")
     if not sep:
         path = spec
         name = Path(spec.rstrip("/")).name
     if not name or not path:
         raise UserError(f"--adapter {spec!r}: expected NAME=DIR")
-    return name, path
+    return name, adapter_dir(path)
 
 
 def load_cfg(config_path, overrides):
@@ -79,21 +98,20 @@ def problem_sets(cfg, tasks: tuple[str, ...], n_problems: int | None):
 
 
 class Bar:
-    """A click progress bar opened on the first report (when the total is known)."""
+    """Progress (rl2f.progress: a bar on a terminal, one line per batch in a log) opened on
+    the first report, when the total is known; on stderr, as stdout carries the report."""
 
     def __init__(self, label: str):
-        self.label, self.bar = label, None
+        self.label, self.progress = label, None
 
     def __call__(self, n: int, total: int, item: str) -> None:
-        if self.bar is None:
-            self.bar = click.progressbar(length=total, label=self.label, show_pos=True, show_eta=True,
-                                         item_show_func=lambda s: s, file=sys.stderr)
-            self.bar.__enter__()
-        self.bar.update(n, item)
+        if self.progress is None:
+            self.progress = Progress(self.label, total, file=sys.stderr)
+        self.progress.update(n, item)
 
     def close(self) -> None:
-        if self.bar is not None:
-            self.bar.__exit__(None, None, None)
+        if self.progress is not None:
+            self.progress.close()
 
 
 def run_and_write(fn, out: str, label: str, **kw) -> dict:
@@ -117,7 +135,8 @@ def run_and_write(fn, out: str, label: str, **kw) -> dict:
 @CONFIG
 @SET
 @click.option("--adapter", "adapters", multiple=True, metavar="NAME=DIR",
-              help="An adapter to evaluate, named NAME in the report (repeatable).")
+              help="An adapter to evaluate (an adapter directory, a checkpoint, or a training run's --out), "
+                   "named NAME in the report (repeatable).")
 @click.option("--base/--no-base", default=True, show_default=True, help="Also evaluate the base model (adapter off).")
 @click.option("--task", "tasks", multiple=True, metavar="NAME",
               help="Evaluate on this task (repeatable; default: the config's task).")
@@ -126,16 +145,25 @@ def run_and_write(fn, out: str, label: str, **kw) -> dict:
 @SEEDS
 @click.option("--self-correct", "self_correct", multiple=True, metavar="NAME",
               help="Also run model NAME (an adapter name or 'base') with self-critique instead of a teacher.")
+@click.option("--controls", default="hints,retry", show_default=True,
+              help="Episodes played for every model, any of: hints (the config's teacher), retry (\"incorrect, "
+                   "try again\"), placebo (the hints' format, no information). acc@t is of hints, else of the "
+                   "first given.")
+@click.option("--pass-at-k", "pass_at_k", type=int, default=None,
+              help="K of pass@K: K independent one-turn samples per problem (default: T; 0 = none).")
 @click.option("--save-episodes", is_flag=True, help="Also write every episode as JSONL under DIR/episodes/.")
 @OUT
-def evaluate(config_path, overrides, adapters, base, tasks, turns, n_problems, seeds, self_correct,
-             save_episodes, out):
+def evaluate(config_path, overrides, adapters, base, tasks, turns, n_problems, seeds, self_correct, controls,
+             pass_at_k, save_episodes, out):
     """Evaluate the base model and adapters: acc@t, retry, pass@K, correction, plasticity, leaks."""
     from rl2f.eval.evaluate import evaluate_models
 
     cfg = load_cfg(config_path, overrides)
     if turns is not None and turns < 1:
         raise UserError(f"--turns must be >= 1, got {turns}")
+    if pass_at_k is not None and pass_at_k < 0:
+        raise UserError(f"--pass-at-k must be >= 0 (0 = no pass@K samples), got {pass_at_k}")
+    kinds = parse_controls(controls)
     models: dict[str, str | None] = {"base": None} if base else {}
     for spec in adapters:
         name, path = parse_adapter(spec)
@@ -146,5 +174,5 @@ def evaluate(config_path, overrides, adapters, base, tasks, turns, n_problems, s
         raise UserError("nothing to evaluate: give --adapter NAME=DIR or drop --no-base")
     run_and_write(evaluate_models, out, "evaluate", cfg=cfg, models=models,
                   problems=problem_sets(cfg, tasks, n_problems), seeds=parse_seeds(seeds),
-                  self_correct=list(self_correct), turns=turns,
+                  self_correct=list(self_correct), turns=turns, controls=kinds, pass_at_k=pass_at_k,
                   episodes_dir=Path(out) / "episodes" if save_episodes else None)

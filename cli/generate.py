@@ -33,7 +33,8 @@ FILE_TASKS = ("math", "code")  # tasks that read problems from a file and can sk
               help="Override a config value, e.g. --set rollout.max_turns=2 (repeatable).")
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="Episode JSONL to write or resume.")
 @click.option("--adapter", type=click.Path(file_okay=False), default=None,
-              help="PEFT-format LoRA adapter for the student (default: the base model).")
+              help="The student's LoRA adapter: an adapter directory (PEFT format), a checkpoint, or a "
+                   "training run's --out (its newest checkpoint); default: the base model.")
 @click.option("--split", type=click.Choice(["train", "test"]), default="train", show_default=True,
               help="Which split of the task's problems to roll out.")
 @click.option("--problems", "n_problems", type=int, default=None,
@@ -45,14 +46,17 @@ def generate(config_path, overrides, out, adapter, split, n_problems, skip_bad):
     from rl2f.episodes import generate_to_file, read_episodes, summarize
     from rl2f.lora import adapter_digest
     from rl2f.outputs import claim_file
+    from rl2f.progress import Progress
     from rl2f.distributed import Dist
     from rl2f.run import build_inference_run, training_runner
+    from rl2f.train.checkpoint import adapter_dir
 
     cfg = load_config(RunConfig, config_path, overrides)
     if skip_bad:
         if cfg.task.name not in FILE_TASKS:
             raise UserError(f"--skip-bad applies to tasks read from a file ({', '.join(FILE_TASKS)}), not {cfg.task.name}")
         cfg.task.options["skip_bad"] = True
+    adapter = adapter_dir(adapter) if adapter is not None else None
     run = build_inference_run(cfg, Dist())
     run.engine.set_adapter(None if adapter is None else 0, adapter)
     runner = training_runner(run)
@@ -67,11 +71,12 @@ def generate(config_path, overrides, out, adapter, split, n_problems, skip_bad):
 
     start = time.perf_counter()
     new = []
-    bar = click.progressbar(length=len(problems), label="problems", file=sys.stderr)
-    # The file is checked before the bar is shown (entered), so a bad one is a single line.
+    # The file is checked before progress is shown, so a bad one is a single line. A bar on a
+    # terminal, a line per batch in a log; on stderr, as stdout carries the summary.
+    bar = None
     batches = generate_to_file(runner, problems, out, cfg.rollout.group_size, cfg.rollout.problems_per_batch,
-                               progress=bar.update)
-    with bar:
+                               progress=lambda n: bar.update(n))
+    with Progress("generate", len(problems), file=sys.stderr) as bar:
         for batch in batches:
             new.extend(batch)
     seconds = time.perf_counter() - start

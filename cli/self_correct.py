@@ -4,7 +4,7 @@
                       [--turns T] [--problems N] [--seeds 0,1,2] --out DIR
 
 Example (CPU, the embedded tiny model):
-    rl2f self-correct --config configs/tiny-rl2f.toml --adapter runs/tiny-rl2f-rl2f/adapter --out runs/self
+    rl2f self-correct --config configs/tiny-rl2f.toml --adapter runs/tiny-rl2f-rl2f --out runs/self
 
 Runs self-correction (attempt, self-critique in the teacher's turn without privileged
 information, revision; up to T rounds) beside teacher feedback, plain retry and pass@K for

@@ -222,7 +222,9 @@ class RolloutSection:
     # no longer fits (recorded as context_full, counted in the metrics) and skips a problem whose
     # prompt alone cannot fit, naming it; "error" stops the run with the problem's id instead.
     overlong: Literal["skip", "error"] = "skip"
-    prefix_cache_mb: int = 256  # built-in engine: keys/values kept between an episode's turns (0 = off)
+    # built-in engine: keys/values kept between an episode's turns (MB; 0 = off). Left out:
+    # sized from the model, what a batch's longest dialogues hold (rl2f.memory_plan)
+    prefix_cache_mb: int | None = None
     seed: int = 0
 
     def __post_init__(self):
@@ -239,7 +241,7 @@ class RolloutSection:
         for name in ("max_new_tokens", "teacher_max_new_tokens", "problems_per_batch", "leak_guard_tries"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.prefix_cache_mb < 0:
+        if self.prefix_cache_mb is not None and self.prefix_cache_mb < 0:
             raise ValueError(f"prefix_cache_mb must be >= 0, got {self.prefix_cache_mb}")
         if self.vllm_kv_cache_gib < 0:
             raise ValueError(f"vllm_kv_cache_gib must be >= 0, got {self.vllm_kv_cache_gib}")
@@ -332,6 +334,10 @@ class EvalSection:
     max_turns: int = 5  # T for acc@1..T
     temperature: float = 1.0  # sampling (greedy flatters an imitation base)
     samples_per_problem: int = 1  # episodes per problem (pass@K uses max_turns samples)
+    # problems played together (x samples_per_problem rows, x K for pass@K): larger batches
+    # decode more tokens per second (benchmarks/results/eval_batch-cpu.json); the results do
+    # not depend on it (sampling is keyed by seed and problem)
+    batch_size: int = 32
     bootstrap: int = 1000  # resamples for the 95% intervals (>= 100)
     seed: int = 0
 
@@ -340,6 +346,8 @@ class EvalSection:
             raise ValueError("max_turns must be >= 1")
         if self.samples_per_problem < 1:
             raise ValueError("samples_per_problem must be >= 1")
+        if not 1 <= self.batch_size <= 4096:
+            raise ValueError(f"batch_size must be in 1..4096, got {self.batch_size}")
         if self.temperature < 0:
             raise ValueError(f"temperature must be >= 0, got {self.temperature}")
         if self.bootstrap < 100:

@@ -68,6 +68,24 @@ class Shapes:
                    micro_tokens=t.micro_batch * dialogue)
 
 
+def kv_bytes_per_token(mc: ModelConfig, dtype: str) -> int:
+    """Keys and values of one token in every layer."""
+    return 2 * mc.num_hidden_layers * mc.num_key_value_heads * mc.head_dim * DTYPE_BYTES[dtype]
+
+
+def prefix_cache_bytes(cfg: RunConfig, mc: ModelConfig) -> int:
+    """The built-in engine's prefix-cache limit: `rollout.prefix_cache_mb`, or, left out,
+    what the longest dialogues (`Shapes.worst_case`) of the larger batch, a rollout's
+    (problems_per_batch x group_size) or an evaluation's (eval.batch_size x
+    samples_per_problem), hold in this model's keys/values. A fixed default fits one model
+    only: 256 MB held a batch of the tiny model's dialogues, not of SmolLM2's."""
+    if cfg.rollout.prefix_cache_mb is not None:
+        return cfg.rollout.prefix_cache_mb << 20
+    r = cfg.rollout
+    rows = max(r.problems_per_batch * r.group_size, cfg.eval.batch_size * cfg.eval.samples_per_problem)
+    return rows * Shapes.worst_case(cfg).context_tokens * kv_bytes_per_token(mc, cfg.model.dtype)
+
+
 @dataclasses.dataclass
 class ModelSizes:
     """Parameter counts of our decoder for a config, counted on the meta device."""
@@ -183,7 +201,7 @@ def plan_memory(cfg: RunConfig, mc: ModelConfig, world_size: int = 1, device: st
 
     # --- rollout
     rows = shapes.rows
-    kv_per_token = 2 * L * kv_width * s
+    kv_per_token = kv_bytes_per_token(mc, cfg.model.dtype)
     vllm, notes = {}, []
     if r.engine == "builtin":
         rollout = {}
@@ -193,7 +211,7 @@ def plan_memory(cfg: RunConfig, mc: ModelConfig, world_size: int = 1, device: st
             rollout["folded adapter weights"] = sizes.adapted_params * 4
         kv = rows * shapes.context_tokens * kv_per_token
         rollout["KV cache"] = kv
-        rollout["prefix cache"] = min(r.prefix_cache_mb << 20, shapes.kept_tokens * kv_per_token)
+        rollout["prefix cache"] = min(prefix_cache_bytes(cfg, mc), shapes.kept_tokens * kv_per_token)
         # the largest of what never coexists: a prefill's activations (before decoding), the
         # copy made when finished rows are dropped (at most 3/4 of the rows remain), the
         # sampler's logits

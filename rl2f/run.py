@@ -22,7 +22,7 @@ from rl2f.engine import make_engine
 from rl2f.engine.types import Engine, SamplingParams
 from rl2f.episodes import EpisodeRunner
 from rl2f.lora import apply_lora, load_adapter
-from rl2f.memory_plan import over_memory_message
+from rl2f.memory_plan import over_memory_message, prefix_cache_bytes
 from rl2f.model import CausalLM, Tokenizer, load_config, load_model, load_tokenizer
 from rl2f.model.loading import check_tokenizer_fits
 from rl2f.model.tiny import checkpoint_dir
@@ -96,7 +96,8 @@ def build_inference_run(cfg: RunConfig, d: Dist, model: CausalLM | None = None,
 
 def build_engine(cfg: RunConfig, model, tokenizer, path: Path, d: Dist) -> Engine:
     if cfg.rollout.engine == "builtin":
-        return make_engine("builtin", model=model, tokenizer=tokenizer, prefix_cache_bytes=cfg.rollout.prefix_cache_mb << 20)
+        return make_engine("builtin", model=model, tokenizer=tokenizer,
+                           prefix_cache_bytes=prefix_cache_bytes(cfg, model.config))
     # One vLLM engine per rank on its own GPU, beside the trainer, which gets what vLLM's
     # share (rollout.vllm_gpu_memory_utilization) leaves: `rl2f plan-memory` shows both.
     # Under torchrun, vLLM joins the existing process group instead of starting its own

@@ -18,7 +18,7 @@ import torch
 from rl2f.config import RunConfig, from_dict, to_dict
 from rl2f.demo.base import pretrain_base
 from rl2f.demo.claim import claim, claim_markdown, evidence_markdown
-from rl2f.eval.evaluate import build_report, play_models, read_episode_dirs
+from rl2f.eval.evaluate import CONTROLS, build_report, play_models, read_episode_dirs
 from rl2f.eval.report import markdown_table, write_report
 from rl2f.outputs import claim_dir
 from rl2f.tasks.secret import SecretNumberTask
@@ -208,13 +208,13 @@ def run_seed(seed: int, out_dir: str, quick: bool) -> dict:
 
     # --- evaluation on fresh draws from the training distribution, then on the transfer sums
     models = {"base": None, "sft": str(sft), "rlvr": str(rlvr), "rl2f": str(rl2f)}
-    eval_cfg = _with(cfg, rollout={"problems_per_batch": 32})
+    eval_cfg = _with(cfg, eval={"batch_size": 32})
     for name, tasks, n, controls in (("eval", [demo_task()], b["n_eval"], True),
                                      ("transfer", transfer_tasks(), b["n_transfer"], False)):
         done = stage(name, f"{', '.join(models)} on {n} problems of {', '.join(t.name for t in tasks)}"
                      + (" (+ placebo, retry, pass@K, self-correction)" if controls else " (+ placebo, retry, pass@K)"))
         play_models(eval_cfg, models, problem_sets(tasks, n, cfg.task.seed), [seed],
-                    list(SELF_CORRECT) if controls else [], placebo=True, oracle_free=controls,
+                    list(SELF_CORRECT) if controls else [], controls=CONTROLS, oracle_free=controls,
                     turns=cfg.eval.max_turns, progress=_quarters(who, name), episodes_dir=out / name)
         done()
     _log(who, f"done in {time.perf_counter() - t0:.0f}s")

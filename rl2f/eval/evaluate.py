@@ -2,13 +2,14 @@
 comparison), with the two reference points of docs/method.md beside each model.
 
 For every model (the base with its adapter switched off, or an adapter loaded into the one
-base model, which is loaded once) and every seed, on the same held-out problems:
+base model, which is loaded once) and every seed, on the same held-out problems, the episode
+kinds of `controls` (default feedback and retry) and pass@K:
 - feedback episodes: up to T turns with the config's teacher (`rollout.teacher`);
 - retry episodes: up to T turns where the teacher only says "incorrect, try again";
-- pass@K samples: K = T independent single-turn samples per problem (x samples_per_problem);
-- placebo episodes (`placebo=True`): up to T turns of the task's hint format with no
-  information about the answer (rl2f/teacher.py, "placebo"); feedback minus placebo is the
-  value of the content;
+- placebo episodes: up to T turns of the task's hint format with no information about the
+  answer (rl2f/teacher.py, "placebo"); feedback minus placebo is the value of the content;
+- pass@K samples: K (default T; 0 = none) independent single-turn samples per problem (x
+  samples_per_problem);
 - self-correction episodes (models named in `self_correct`): the student critiques its own
   attempt in the teacher's turn, no privileged information (rl2f/teacher.py, "self"). The
   verifier still stops an episode at its first correct attempt (verifier-gated);
@@ -46,6 +47,7 @@ from rl2f.tasks.base import Problem, Task, Verdict
 SCHEMA = "rl2f.eval.report/1"
 SELF_SUFFIX = "_self_correct"
 PHASES = ("feedback", "retry", "pass", "placebo", "self", "self_free")  # episode kinds, in the order they are played
+CONTROLS = ("feedback", "retry", "placebo")  # the multi-turn kinds a caller chooses among (`controls`)
 TEACHERS = {"retry": "retry", "pass": "retry", "placebo": "placebo", "self": "self", "self_free": "self"}
 
 Progress = Callable[[int, int, str], None]  # (problems just done, total, what is running)
@@ -128,15 +130,19 @@ class NoOracle(Task):
 
 
 def evaluate_models(cfg: RunConfig, models: dict[str, str | None], problems=None, seeds: list[int] = (0,),
-                    self_correct: list[str] = (), *, placebo: bool = False, oracle_free: bool = False,
-                    contrasts: list[tuple[str, str]] = (), turns: int | None = None, progress: Progress | None = None,
+                    self_correct: list[str] = (), *, controls: tuple[str, ...] = ("feedback", "retry"),
+                    pass_at_k: int | None = None, oracle_free: bool = False, contrasts: list[tuple[str, str]] = (),
+                    turns: int | None = None, progress: Progress | None = None,
                     episodes_dir: str | Path | None = None, model=None, tokenizer=None) -> dict:
     """Evaluate `models` (name -> adapter directory, None for the base) and return the report
     dict (schema: rl2f/eval/report.py): `play_models`, then `build_report`.
 
     problems: see `resolve_problems`. seeds: one full evaluation per seed (intervals resample
     seeds, then problems). self_correct: model names also run with self-critique (reported as
-    NAME_self_correct). placebo, oracle_free: the extra controls of the module docstring.
+    NAME_self_correct). controls: the episode kinds played for every model (`CONTROLS`, any
+    non-empty subset): acc@t is the feedback episodes', else the first kind's (the report's
+    `teacher` says which). pass_at_k: K (default T; 0 = no pass@K samples). oracle_free: the
+    extra control of the module docstring.
     contrasts: (a, b) model pairs whose paired differences the report holds.
     turns: T (default `eval.max_turns`). progress: called as (problems done, total, label).
     episodes_dir: also write every episode as JSONL there (<model>.<kind>.jsonl).
@@ -146,22 +152,31 @@ def evaluate_models(cfg: RunConfig, models: dict[str, str | None], problems=None
     t0 = time.perf_counter()
     T = cfg.eval.max_turns if turns is None else int(turns)
     sets = resolve_problems(cfg, problems)
-    episodes = play_models(cfg, models, sets, seeds, self_correct, placebo=placebo, oracle_free=oracle_free, turns=T,
-                           progress=progress, episodes_dir=episodes_dir, model=model, tokenizer=tokenizer)
-    report = build_report(cfg, episodes, models, sets, T, contrasts=contrasts)
+    K = T if pass_at_k is None else int(pass_at_k)
+    episodes = play_models(cfg, models, sets, seeds, self_correct, controls=controls, pass_at_k=K,
+                           oracle_free=oracle_free, turns=T, progress=progress, episodes_dir=episodes_dir, model=model,
+                           tokenizer=tokenizer)
+    report = build_report(cfg, episodes, models, sets, T, contrasts=contrasts, K=K)
     report["wall_seconds"] = time.perf_counter() - t0
     return report
 
 
 def play_models(cfg: RunConfig, models: dict[str, str | None], sets, seeds: list[int] = (0,),
-                self_correct: list[str] = (), *, placebo: bool = False, oracle_free: bool = False, turns: int,
-                progress: Progress | None = None, episodes_dir: str | Path | None = None, model=None,
+                self_correct: list[str] = (), *, controls: tuple[str, ...] = ("feedback", "retry"),
+                pass_at_k: int | None = None, oracle_free: bool = False, turns: int, progress: Progress | None = None,
+                episodes_dir: str | Path | None = None, model=None,
                 tokenizer=None) -> dict[str, dict[str, dict[int, list[Episode]]]]:
     """Play every model, seed and episode kind on the (task, problems) `sets`; returns
     episodes[name][kind][seed] (kinds: `PHASES`). Arguments as for `evaluate_models`."""
     T = int(turns)
     if T < 1:
         raise UserError(f"turns must be >= 1, got {T}")
+    K = T if pass_at_k is None else int(pass_at_k)
+    if K < 0:
+        raise UserError(f"pass@K: K must be >= 0 (0 = no pass@K samples), got {K}")
+    unknown = [c for c in controls if c not in CONTROLS]
+    if unknown or not controls:
+        raise UserError(f"controls {list(controls)}: choose one or more of {', '.join(CONTROLS)}")
     if not models:
         raise UserError("no model to evaluate: give an adapter (NAME=DIR) or the base")
     seeds = [int(s) for s in seeds]
@@ -188,17 +203,17 @@ def play_models(cfg: RunConfig, models: dict[str, str | None], sets, seeds: list
                               task=NoOracle(task) if kind == "self_free" else task)
 
     def wanted(name: str, kind: str) -> bool:
-        if kind == "placebo":
-            return placebo
+        if kind == "pass":
+            return K > 0
         if kind in ("self", "self_free"):
             return name in self_correct and (kind == "self" or oracle_free)
-        return True
+        return kind in controls
 
     kinds = {name: [k for k in PHASES if wanted(name, k)] for name in models}
     runners = {task.name: {k: runner(task, k) for k in {k for ks in kinds.values() for k in ks}} for task, _ in sets}
     n_problems = sum(len(ps) for _, ps in sets)
     total = n_problems * len(seeds) * sum(len(k) for k in kinds.values())
-    per_batch = cfg.rollout.problems_per_batch
+    per_batch = cfg.eval.batch_size
 
     episodes: dict[str, dict[str, dict[int, list[Episode]]]] = {}
     for version, (name, adapter) in enumerate(models.items(), start=1):
@@ -207,7 +222,7 @@ def play_models(cfg: RunConfig, models: dict[str, str | None], sets, seeds: list
         for seed in seeds:
             for task, ps in sets:
                 for kind in kinds[name]:
-                    group = S * T if kind == "pass" else S
+                    group = S * K if kind == "pass" else S
                     for b in range(0, len(ps), per_batch):
                         batch = ps[b : b + per_batch]
                         eps = runners[task.name][kind].run(batch, group, seed=seed,
@@ -252,12 +267,15 @@ def read_episode_dirs(dirs: dict[int, str | Path], names: list[str]) -> dict[str
 
 def build_report(cfg: RunConfig, episodes: dict[str, dict[str, dict[int, list[Episode]]]],
                  adapters: dict[str, str | list[str] | None], sets, T: int,
-                 contrasts: list[tuple[str, str]] = ()) -> dict:
+                 contrasts: list[tuple[str, str]] = (), K: int | None = None) -> dict:
     """The report (schema: rl2f/eval/report.py) of episodes[name][kind][seed] played on the
     (task, problems) `sets`; adapters: name -> adapter directory (a list: one per seed), None
     for the base. Every interval resamples seeds, then problems, with the same draws for every
-    model (paired)."""
-    seeds = list(next(iter(episodes.values()))["feedback"])
+    model (paired). K: of pass@K (default T), where pass samples were played. acc@t is of the
+    feedback episodes, else of the first of `CONTROLS` played."""
+    K = T if K is None else K
+    main = next(k for k in CONTROLS if k in next(iter(episodes.values())))
+    seeds = list(next(iter(episodes.values()))[main])
     keys = [(task.name, p.id) for task, ps in sets for p in ps]
     idx = resamples(cfg, len(keys), len(seeds))
     tasks = {task.name: task for task, _ in sets}
@@ -267,11 +285,12 @@ def build_report(cfg: RunConfig, episodes: dict[str, dict[str, dict[int, list[Ep
     for name, eps in episodes.items():
         adapter = adapters.get(name)
         adapter = adapter if adapter is None or isinstance(adapter, list) else str(adapter)
-        report_models[name] = {"adapter": adapter, "teacher": cfg.rollout.teacher,
-                               **_model_report(eps, "feedback", keys, sets, T, seeds, cfg)}
-        rows[name] = (eps, "feedback")
+        teacher = cfg.rollout.teacher if main == "feedback" else main
+        report_models[name] = {"adapter": adapter, "teacher": teacher,
+                               **_model_report(eps, main, keys, sets, T, K, seeds, cfg)}
+        rows[name] = (eps, main)
         if "self" in eps:
-            sc = _model_report(eps, "self", keys, sets, T, seeds, cfg)
+            sc = _model_report(eps, "self", keys, sets, T, K, seeds, cfg)
             # The self-critique sees no privileged information and passes no guard.
             for m in [sc, *sc.get("per_task", {}).values()]:
                 m["leak_rate"], m["leak_rate_ci"] = None, None
@@ -302,7 +321,7 @@ def build_report(cfg: RunConfig, episodes: dict[str, dict[str, dict[int, list[Ep
         "reference": reference,
         "seeds": seeds,
         "max_turns": T,
-        "k": T,
+        "k": K,
         "tasks": {task.name: len(ps) for task, ps in sets},
         "n_problems": len(keys),
         "samples_per_problem": cfg.eval.samples_per_problem,
@@ -350,10 +369,10 @@ def resamples(cfg: RunConfig, n_problems: int, n_seeds: int):
     return bootstrap_indices(n_problems, cfg.eval.bootstrap, cfg.eval.seed, n_seeds=n_seeds)
 
 
-def _model_report(eps, kind: str, keys, sets, T: int, seeds: list[int], cfg: RunConfig) -> dict:
+def _model_report(eps, kind: str, keys, sets, T: int, K: int, seeds: list[int], cfg: RunConfig) -> dict:
     """One model's metrics (acc@t from its `kind` episodes) over all problems, plus per task
     when there are several."""
-    out = _metrics(eps, kind, keys, T, seeds, resamples(cfg, len(keys), len(seeds)))
+    out = _metrics(eps, kind, keys, T, K, seeds, resamples(cfg, len(keys), len(seeds)))
     out["acc_at_per_seed"] = [acc_at(problem_table(eps[kind][s], T, keys)) for s in seeds]
     out["multi_turn_gain_per_seed"] = [a[-1] - a[0] for a in out["acc_at_per_seed"]]
     if len(sets) > 1:
@@ -361,25 +380,27 @@ def _model_report(eps, kind: str, keys, sets, T: int, seeds: list[int], cfg: Run
         for task, ps in sets:
             sub = [(task.name, p.id) for p in ps]
             pick = {k: {s: [e for e in by_seed[s] if e.task == task.name] for s in seeds} for k, by_seed in eps.items()}
-            out["per_task"][task.name] = _metrics(pick, kind, sub, T, seeds, resamples(cfg, len(sub), len(seeds)))
+            out["per_task"][task.name] = _metrics(pick, kind, sub, T, K, seeds, resamples(cfg, len(sub), len(seeds)))
     return out
 
 
-def _metrics(eps, kind: str, keys, T: int, seeds: list[int], idx) -> dict:
+def _metrics(eps, kind: str, keys, T: int, K: int, seeds: list[int], idx) -> dict:
+    """acc@t and the rest from the `kind` episodes; retry, placebo and pass@K beside them
+    where they were played."""
     tables = lambda k: [problem_table(eps[k][s], T, keys) for s in seeds]  # noqa: E731
     m = metrics_with_ci(tables(kind), idx)
-    rt = np.stack([t.solved_by for t in tables("retry")])  # (S, N, T)
-    m["retry_acc_at"] = [float(x) for x in rt.mean(axis=(0, 1))]
-    m["retry_acc_at_ci"] = mean_ci(rt, idx)
-    pk = np.stack([pass_at_k_values(eps["pass"][s], T, keys) for s in seeds])  # (S, N): per seed, never pooled
-    m["pass_at_k"] = float(pk.mean())
-    m["pass_at_k_ci"] = mean_ci(pk, idx)
-    m["pass_at_k_per_seed"] = [float(x) for x in pk.mean(axis=1)]
+    for control in ("retry", "placebo"):
+        if control in eps:
+            solved = np.stack([t.solved_by for t in tables(control)])  # (S, N, T)
+            m[f"{control}_acc_at"] = [float(x) for x in solved.mean(axis=(0, 1))]
+            m[f"{control}_acc_at_ci"] = mean_ci(solved, idx)
+    if "pass" in eps:
+        pk = np.stack([pass_at_k_values(eps["pass"][s], K, keys) for s in seeds])  # (S, N): per seed, never pooled
+        m["pass_at_k"] = float(pk.mean())
+        m["pass_at_k_ci"] = mean_ci(pk, idx)
+        m["pass_at_k_per_seed"] = [float(x) for x in pk.mean(axis=1)]
     if kind == "feedback" and "placebo" in eps:
-        pl = np.stack([t.solved_by for t in tables("placebo")])
-        solved = np.stack([t.solved_by for t in tables(kind)])
-        m["placebo_acc_at"] = [float(x) for x in pl.mean(axis=(0, 1))]
-        m["placebo_acc_at_ci"] = mean_ci(pl, idx)
-        m["content_effect"] = [float(x) for x in (solved - pl).mean(axis=(0, 1))]
-        m["content_effect_ci"] = mean_ci(solved - pl, idx)
+        effect = np.stack([t.solved_by for t in tables(kind)]) - np.stack([t.solved_by for t in tables("placebo")])
+        m["content_effect"] = [float(x) for x in effect.mean(axis=(0, 1))]
+        m["content_effect_ci"] = mean_ci(effect, idx)
     return m

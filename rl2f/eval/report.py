@@ -38,7 +38,7 @@ Top level:
                         evaluation seed, or in the demo a training seed with its own adapter);
                         point estimates pool the seeds, intervals resample them
     max_turns           T: student attempts per episode
-    k                   K of pass@K (= T)
+    k                   K of pass@K (default T; 0: no pass@K samples were played)
     tasks               {task name: number of problems}
     n_problems          problems in all tasks
     samples_per_problem episodes per problem per seed (eval.samples_per_problem)
@@ -49,8 +49,10 @@ Top level:
 
 Model entry (`models[name]`):
     adapter                  adapter directory, null for the base
-    teacher                  who wrote the feedback: the config's rollout.teacher
-                             ("programmatic", "llm", ...) or "self" for NAME_self_correct
+    teacher                  who wrote the feedback of the episodes acc_at is of: the config's
+                             rollout.teacher ("programmatic", "llm", ...); "retry" or
+                             "placebo" when those controls were played without the
+                             feedback episodes; "self" for NAME_self_correct
     acc_at                   [acc@1, ..., acc@T]: per problem the fraction of its episodes
                              solved at some turn <= t, averaged over problems; non-decreasing
     acc_at_ci                [[lo, hi] per turn]
@@ -71,10 +73,10 @@ Model entry (`models[name]`):
                              information and is not guarded); leak_rate_ci
     n_teacher_messages       teacher messages sent (feedback after each wrong non-final turn)
     n_feedback_turns         the plasticity denominator
-    retry_acc_at             acc@t of the same model when the teacher only says "That is
+    retry_acc_at             (with retry episodes) acc@t of the same model when the teacher only says "That is
                              incorrect. Try again." (isolates the value of feedback content);
                              retry_acc_at_ci
-    pass_at_k                mean over seeds and problems of the unbiased pass@K estimator
+    pass_at_k                (K > 0) mean over seeds and problems of the unbiased pass@K estimator
                              1 - C(n-c, K)/C(n, K) from one seed's n = K x samples_per_problem
                              independent single-turn samples, c correct (n = K: solved if any
                              sample is correct): per seed, never pooled across seeds (a
@@ -83,7 +85,7 @@ Model entry (`models[name]`):
     placebo_acc_at           (with placebo episodes) acc@t when the teacher writes the task's
                              hint format with no information about the answer;
                              placebo_acc_at_ci
-    content_effect           acc@t(feedback) - acc@t(placebo) per turn: the value of the
+    content_effect           (feedback and placebo episodes) acc@t(feedback) - acc@t(placebo) per turn: the value of the
                              feedback's content, where retry also changes the format;
                              content_effect_ci
     n_problems               problems evaluated
@@ -124,24 +126,31 @@ def markdown_table(report: dict) -> str:
     tasks = ", ".join(f"{t} ({n})" for t, n in report["tasks"].items())
     models = report["models"]
     placebo = any("placebo_acc_at" in m for m in models.values())
+    retry = any("retry_acc_at" in m for m in models.values())
     lines = [
         f"Evaluation: {report['n_problems']} problems ({tasks}), T = {T} turns, "
         f"seeds {report['seeds']}, {report['samples_per_problem']} sample(s) per problem per seed; "
         f"95% intervals of a bootstrap over seeds, then problems.",
         "",
-        f"| model | feedback | acc@1 | acc@{T} [95% CI] | gain | retry acc@{T} |"
+        f"| model | feedback | acc@1 | acc@{T} [95% CI] | gain |" + (f" retry acc@{T} |" if retry else "")
         + (f" placebo acc@{T} | content effect |" if placebo else "")
-        + f" pass@{K} | correction | plasticity | leak | problems |",
-        "|---|---|---|---|---|---|" + ("---|---|" if placebo else "") + "---|---|---|---|---|",
+        + (f" pass@{K} |" if K else "") + " correction | plasticity | leak | problems |",
+        "|---|---|---|---|---|" + ("---|" if retry else "") + ("---|---|" if placebo else "") + ("---|" if K else "")
+        + "---|---|---|---|",
     ]
     for name, m in models.items():
         teacher = m["teacher"] + (" (verifier-gated)" if m.get("verifier_gated") else "")
         row = (f"| {name} | {teacher} | {_f(m['acc_at'][0])} | {_f(m['acc_at'][-1])}{_ci(m['acc_at_ci'][-1])} "
-               f"| {_f(m['multi_turn_gain'])} | {_f(m['retry_acc_at'][-1])} |")
+               f"| {_f(m['multi_turn_gain'])} |")
+        if retry:
+            row += f" {_f(m['retry_acc_at'][-1]) if 'retry_acc_at' in m else '-'} |"
         if placebo:
-            row += (f" {_f(m['placebo_acc_at'][-1])} | {m['content_effect'][-1]:+.3f}{_ci(m['content_effect_ci'][-1])} |"
-                    if "placebo_acc_at" in m else " - | - |")
-        lines.append(row + f" {_f(m['pass_at_k'])} | {_f(m['correction_rate'])} | {_f(m['plasticity'])} "
+            row += f" {_f(m['placebo_acc_at'][-1])} |" if "placebo_acc_at" in m else " - |"
+            row += (f" {m['content_effect'][-1]:+.3f}{_ci(m['content_effect_ci'][-1])} |"
+                    if "content_effect" in m else " - |")
+        if K:
+            row += f" {_f(m.get('pass_at_k'))} |"
+        lines.append(row + f" {_f(m['correction_rate'])} | {_f(m['plasticity'])} "
                      f"| {_f(m['leak_rate'])} | {m['n_problems']} |")
     oracle_free = {name: m for name, m in models.items() if "oracle_free_acc" in m}
     if oracle_free:
@@ -174,8 +183,9 @@ def markdown_table(report: dict) -> str:
     for name, m in models.items():
         lines.append(f"| {name} | " + " | ".join(_f(v) for v in m["acc_at"]) + " |")
         if not name.endswith("_self_correct"):
-            lines.append(f"| {name} (retry) | " + " | ".join(_f(v) for v in m["retry_acc_at"]) + " |")
-            if "placebo_acc_at" in m:
+            if "retry_acc_at" in m and m["teacher"] != "retry":
+                lines.append(f"| {name} (retry) | " + " | ".join(_f(v) for v in m["retry_acc_at"]) + " |")
+            if "placebo_acc_at" in m and m["teacher"] != "placebo":
                 lines.append(f"| {name} (placebo) | " + " | ".join(_f(v) for v in m["placebo_acc_at"]) + " |")
     return "\n".join(lines) + "\n"
 
@@ -189,7 +199,7 @@ def write_plots(report: dict, out_dir: str | Path) -> list[Path]:
     acc = []
     for name, m in models.items():
         acc.append(Series(name, m["acc_at"], m["acc_at_ci"], colors[name]))
-        if not name.endswith("_self_correct"):
+        if not name.endswith("_self_correct") and "retry_acc_at" in m and m["teacher"] != "retry":
             acc.append(Series(f"{name} retry", m["retry_acc_at"], None, colors[name], dashed=True))
     paths = [line_plot(acc, out_dir / "accuracy.png", "Cumulative accuracy acc@t (95% CI)", "turn t", "acc@t",
                        list(range(1, T + 1)))]

@@ -6,9 +6,12 @@ both import it, and it imports nothing of theirs.
   Math-Verify (Hugging Face's verifier, used by TRL's and open-r1's math rewards): the last
   `\\boxed{}` first (several boxed answers that end the text together are one list), then the
   last "final answer" / "answer is" / "Answer:" / `####` line, then the last math span
-  (`$...$`, `\\(...\\)`, `\\[...\\]`) or plain number of the text. The last one wins.
+  (`$...$`, `\\(...\\)`, `\\[...\\]`), arithmetic expression or plain number of the text.
+  The last one wins. An expression is read whole: "18 * 6" is 108, never its 18 or its 6.
 - `numeric_value(answer)`: the exact rational value of a plain number (`3/4`, `0.75`, `.75`,
   `\\frac{3}{4}`, `75\\%`, `1,000`), else None; pure Python, for hints and the leak guard.
+- `stated_value(answer)`: the same for a number written with currency, units or a percent word
+  (`19 cm`, `$19`, `28 percent`), as the grader reads it; for hints.
 - `is_equivalent(prediction, reference)`: math-verify's parse and verify, run in one reusable
   subprocess that is killed when a comparison exceeds `timeout` (math-verify's own timeout is
   signal-based and works only in a main thread; a giant power like `9^{9^{9^9}}` is one C call
@@ -64,6 +67,13 @@ _SPAN = re.compile(r"(?<!\\)\$\$(.+?)(?<!\\)\$\$|\\\[(.+?)\\\]|(?<![\\\d])\$((?:
 # (comma or space), a decimal point or comma, a bare leading-dot decimal, a sign.
 _PLAIN_NUMBER = r"-?[1-9]\d{0,2}(?:,\d{3})+(?:\.\d+)?|-?[1-9]\d{0,2}(?: \d{3})+(?![\d,])|-?\d+[.,]\d+|-?\.\d+|-?\d+"
 _NUMBER_IN_TEXT = re.compile(r"(?<![\w.])(?:" + _PLAIN_NUMBER + r")(?:\s*/\s*\d+)?(?:\s*(?:\\?%|percent\b|pct\b))?")
+# Arithmetic that a student writes as the answer ("18 * 6", "(3 + 4) / 2"): math-verify's
+# expression (digits joined by operators) is read whole, so that "indeed 18 * 6" is 108, not
+# the 18 it starts with. Unlike math-verify's, it stays on one line, and a parenthesis alone
+# does not join two numbers ("is 18 (from 3 * 6)" states 18, then shows the work).
+_OPERAND = r"\(*-?\d+(?:\.\d+)?\)*"
+_EXPR_IN_TEXT = r"(?<![\w.,])-?" + _OPERAND + r"(?:[ \t]*[-+*/^\u00d7\u00f7][ \t]*" + _OPERAND + r")+"
+_VALUE_IN_TEXT = re.compile(_EXPR_IN_TEXT + "|" + _NUMBER_IN_TEXT.pattern)
 _SENTENCE_END = re.compile(r"(?<!\d)\.(?!\d)|\bI hope\b|<\|")
 _MATH_WORDS = {"sqrt", "pi", "inf", "infty", "infinity", "ln", "log", "exp", "sin", "cos", "tan", "cot",
                "sec", "csc", "frac", "dfrac", "cdot", "times", "pm", "cup", "cap", "in", "le", "ge", "leq",
@@ -109,10 +119,15 @@ def _boxed_answer(text: str) -> tuple[int, Answer] | None:
     return group[-1][1], Answer(", ".join(c for _, _, c in group if c), True)
 
 
+_QUOTES = {"'": "'", '"': '"', "`": "`", "\u2018": "\u2019", "\u201c": "\u201d"}
+
+
 def _strip_decoration(s: str) -> str:
-    for _ in range(3):  # "$5$.", "**$5$**", "\(5\)"
+    for _ in range(3):  # "$5$.", "**$5$**", "\(5\)", "'5'"
         s = re.sub(r"[.;,]+$", "", s.strip()).strip()
         s = re.sub(r"^\*+|\*+$", "", s).strip()
+        if len(s) >= 2 and _QUOTES.get(s[0]) == s[-1]:
+            s = s[1:-1].strip()
         if s.startswith("$") and s.endswith("$") and "$" not in s.strip("$"):
             s = s.strip("$").strip()
         if s.startswith("\\(") and s.endswith("\\)") or s.startswith("\\[") and s.endswith("\\]"):
@@ -128,10 +143,24 @@ def _is_prose(s: str) -> bool:
     return any(len(w) >= 3 and w.lower() not in _MATH_WORDS for w in re.findall(r"[A-Za-z]+", s))
 
 
+def _stated_value(sentence: str, window: int) -> str | None:
+    """The value a sentence of prose states, as math-verify's "answer ..." patterns read it:
+    the one right after the last "=" (a restated computation: "clearly 3 * 6 = 18"), else the
+    first number or whole expression starting within `window` characters."""
+    eq = sentence.rfind("=")
+    if eq >= 0:
+        m = _VALUE_IN_TEXT.match(sentence[eq + 1 :].lstrip())
+    else:
+        m = _VALUE_IN_TEXT.search(sentence)
+        if m is not None and m.start() > window:
+            return None
+    return m.group(0).strip() if m is not None else None
+
+
 def _read_after(text: str, pos: int, skip: int) -> Answer | None:
     """The answer stated at `pos`: a math span starting within `skip` characters (with the
     spans chained to it by commas or and/or), else the rest of the sentence: a formula or a
-    phrase as written, or the first number of a sentence of prose."""
+    phrase as written, or the value a sentence of prose states."""
     rest = text[pos:].lstrip(" \t*_:")
     spans = []
     for m in _SPAN.finditer(rest):
@@ -148,9 +177,9 @@ def _read_after(text: str, pos: int, skip: int) -> Answer | None:
     if not line or len(line) > 200:
         return None
     if _is_prose(line):
-        number = _NUMBER_IN_TEXT.search(line[: skip + 20])
-        if number is not None:
-            return Answer(number.group(0).strip(), False)
+        value = _stated_value(line, skip + 20)
+        if value is not None:
+            return Answer(value, False)
         return Answer(line, False) if skip and len(line) <= 60 else None
     return Answer(line, False)
 
@@ -178,7 +207,7 @@ def read_answer(text: str | None) -> Answer | None:
         ans = _read_after(text, m.end(), 50)
         if ans is not None:
             return ans
-    last = max(list(_SPAN.finditer(text)) + list(_NUMBER_IN_TEXT.finditer(text)),
+    last = max(list(_SPAN.finditer(text)) + list(_VALUE_IN_TEXT.finditer(text)),
                key=lambda m: (m.end(), -m.start()), default=None)
     if last is None:
         return None
@@ -243,6 +272,32 @@ def numeric_value(answer: str | None) -> Fraction | None:
     return v / 100 if m.group("pct") else v
 
 
+# A plain number as running text writes an answer, with its currency, percent and units: how
+# math-verify's plain-number grammar reads `$5`, `1 000 €`, `28 percent` or `12 apples`.
+_CURRENCY = "$\u20ac\u00a3\u00a5\u20b9"
+_PLAIN_ANSWER = re.compile(
+    r"\s*(?:\\\$|[" + re.escape(_CURRENCY) + r"])?\s*(?P<num>" + _PLAIN_NUMBER + r")\s*"
+    r"(?P<pct>%|\\%|percent|percentage|pct)?\s*[" + re.escape(_CURRENCY) + r"]?"
+    r"(?P<unit>(?:\s+[A-Za-z]+\.?(?:\^?[23])?)*)\s*", re.IGNORECASE)
+
+
+def stated_value(answer: str | None) -> Fraction | None:
+    """The exact value of an answer that states one number: a plain number (`numeric_value`),
+    or one with the currency, units or percent word that the grader reads past (`19 cm`,
+    `19\u20ac`, `19 \\text{ apples}`, `28 percent`, `1 000`, `2,74`), else None."""
+    v = numeric_value(answer)
+    if v is not None or answer is None or len(str(answer)) > MAX_ANSWER_CHARS:
+        return v
+    m = _PLAIN_ANSWER.fullmatch(_TEXT_CMD.sub(lambda t: " " + t.group(1) + " ", _unwrap(str(answer))))
+    if m is None:
+        return None
+    num = m.group("num").replace(" ", "")
+    # a comma that does not separate thousands is a decimal comma (`2,74`), as in the grader
+    thousands = re.fullmatch(r"-?[1-9]\d{0,2}(?:,\d{3})+(?:\.\d+)?", num)
+    v = Fraction(num.replace(",", "") if thousands else num.replace(",", "."))
+    return v / 100 if m.group("pct") else v
+
+
 # ---------------------------------------------------------------------------------------
 # Text answers, in-process
 
@@ -269,11 +324,6 @@ _DELIMITED = re.compile(r"(?<!\\)\$|\\\(|\\\[|\\boxed|\\fbox")
 _PLAIN_NAMES = [(re.compile(r"\u221a"), r"\\sqrt "), (re.compile(r"\u03c0|(?<![\\A-Za-z])pi(?![A-Za-z])"), r"\\pi "),
                 (re.compile(r"\u221e|(?<![\\A-Za-z])(?:infinity|inf)(?![A-Za-z])"), r"\\infty "),
                 (re.compile(r"\u00b0"), r"^\\circ "), (re.compile(r"[\u2212\u2013]"), "-"), (re.compile(r"\u00d7"), r"\\times ")]
-_CURRENCY = "$\u20ac\u00a3\u00a5\u20b9"
-_PLAIN_ANSWER = re.compile(
-    r"\s*(?:\\\$|[" + re.escape(_CURRENCY) + r"])?\s*(?P<num>" + _PLAIN_NUMBER + r")\s*"
-    r"(?P<pct>%|\\%|percent|percentage|pct)?\s*[" + re.escape(_CURRENCY) + r"]?"
-    r"(?P<unit>(?:\s+[A-Za-z]+\.?(?:\^?[23])?)*)\s*", re.IGNORECASE)
 _GOLD_CACHE_SIZE = 4096
 
 

@@ -19,15 +19,17 @@ from pathlib import Path
 from typing import Any
 
 from rl2f.errors import UserError
-from rl2f.tasks.answers import is_equivalent, numeric_value, read_answer, text_answer
+from rl2f.tasks.answers import is_equivalent, numeric_value, read_answer, stated_value, text_answer
 from rl2f.tasks.base import Problem, Task, Verdict, check_option
 
 _INTERVAL_END = re.compile(r"\\infty|\u221e|\binf")
 
 
 def _rhs(answer: str) -> str:
-    """`3` for `x = 3`, `k=1` or `a_1 = 5`: a named single value is that value."""
-    m = re.fullmatch(r"\s*[A-Za-z](?:_\{?\w+\}?)?\s*=\s*([^=<>]+)", answer)
+    """`3` for `x = 3`, `k=1` or `a_1 = 5`: a named single value is that value; `19` for
+    `3 * 6 = 19`: a restated computation states its result (math-verify grades that)."""
+    m = re.fullmatch(r"\s*(?:[A-Za-z](?:_\{?\w+\}?)?|(?:[\d\s.+\-*/^()\u00d7\u00f7]|\\times|\\cdot|\\div)+)"
+                     r"\s*=\s*([^=<>]+)", answer)
     return m.group(1).strip() if m else answer
 
 
@@ -35,7 +37,7 @@ def answer_kind(answer: str) -> str:
     """`number`, `set`, `list`, `tuple`, `interval`, `equation`, `expression` or `text`: the
     shape of an answer, for a hint that names what kind of answer is expected."""
     s = _rhs(re.sub(r"\\(?:left|right)(?![A-Za-z])|\$", "", answer).strip())
-    if numeric_value(s) is not None:
+    if stated_value(s) is not None:
         return "number"
     if text_answer(s) is not None:
         return "text"
@@ -349,7 +351,9 @@ class MathTask(Task):
 
     def _hint_sentences(self, problem: Problem, answer: str) -> list[str]:
         out: list[str] = []
-        ref, got = numeric_value(problem.answer), numeric_value(_rhs(answer))
+        # stated_value: a number with its units, currency or quotes (`'19'`, `$19`, `19 cm`) is
+        # graded as that number, so it gets the numeric hints too
+        ref, got = stated_value(problem.answer), stated_value(_rhs(answer))
         info = problem.info
         if ref is not None and got is not None and problem.answer.rstrip().endswith("%") \
                 and not answer.rstrip().endswith("%") and abs(got) >= 1:

@@ -189,6 +189,20 @@ def find_checkpoint(path: str | Path) -> Path:
                     f"or a checkpoint directory){hint}")
 
 
+def adapter_dir(path: str | Path) -> str:
+    """What `--adapter` names, as the adapter directory itself: an adapter (PEFT format), a
+    checkpoint (its adapter/), or a run directory (its newest complete checkpoint's adapter/,
+    what `rl2f train --out DIR` leaves). Anything else is returned as given, for the loader's
+    own error."""
+    path = Path(path)
+    if (path / "adapter_config.json").is_file():
+        return str(path)
+    if (path / "trainer.pt").is_file() and (path / "adapter").is_dir():
+        return str(path / "adapter")
+    found = complete_checkpoints(path)
+    return str(found[-1] / "adapter") if found else str(path)
+
+
 def read_checkpoint_config(ckpt: Path) -> dict:
     try:
         data = json.loads((ckpt / "config.json").read_text())

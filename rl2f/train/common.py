@@ -20,7 +20,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-import click
 import numpy as np
 import torch
 
@@ -29,6 +28,7 @@ from rl2f.distributed import Dist, all_reduce_sum, barrier, init_distributed, lo
 from rl2f.errors import UserError
 from rl2f.lora import lora_parameters
 from rl2f.outputs import claim_dir, remove_own
+from rl2f.progress import Progress
 from rl2f.run import Run, build_run
 from rl2f.train.checkpoint import (check_resume_config, complete_checkpoints, find_checkpoint,
                                    load_trainer_state, restore, save_checkpoint)
@@ -276,7 +276,7 @@ class Loop:
         `done()`; checkpoint every `save_every` steps and at the end; one metrics row per step.
         Returns the last row."""
         record: dict = {}
-        with progress_bar(total_steps, self.step, self.dist.is_main) as bar:
+        with Progress("train", total_steps, self.step, enabled=self.dist.is_main) as bar:
             while self.step < total_steps and not done():
                 t0 = time.perf_counter()
                 record = step()
@@ -406,18 +406,3 @@ def peak_memory_mb(device: torch.device, reset: bool = True) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
-@contextmanager
-def progress_bar(total: int, start: int, enabled: bool):
-    """A click progress bar over steps (rank 0), or a stand-in that does nothing."""
-    if not enabled:
-        yield _NoBar()
-        return
-    with click.progressbar(length=total, label="train", show_pos=True, show_eta=True,
-                           item_show_func=lambda s: s) as bar:
-        bar.update(start)
-        yield bar
-
-
-class _NoBar:
-    def update(self, n, current_item=None):
-        pass

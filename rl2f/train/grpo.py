@@ -259,6 +259,12 @@ def step_record(stats: StepStats, losses: LossSums, cfg: RunConfig, lr: float, g
     }
 
 
+def step_summary(row: dict, turns: int) -> str:
+    """The progress line's part of a metrics row: reward, acc@1 and acc@T, loss, speed."""
+    acc = " ".join(f"acc@{t} {row[f'acc@{t}']:.3f}" for t in sorted({1, turns}))
+    return f"reward {row['reward_mean']:.3f} {acc} loss {row['loss']:.4f} {row['tokens_per_s']:.0f} tok/s"
+
+
 def train_grpo(cfg: RunConfig, out_dir: str | Path, resume: str | Path | None = None, d: Dist | None = None,
                task=None, init_adapter: str | Path | None = None) -> dict:
     """Run GRPO (rlvr or rl2f); returns the last step's metrics. See the module docstring."""
@@ -306,4 +312,4 @@ def train_grpo(cfg: RunConfig, out_dir: str | Path, resume: str | Path | None = 
 
     hand_off(run, loop.step, loop.out_dir)  # the adapter version is the number of optimiser steps taken
     return loop.run_steps(t.max_steps, step, done=budget_spent,
-                          summary=lambda r: f"reward {r['reward_mean']:.3f} loss {r['loss']:.4f}")
+                          summary=lambda r: step_summary(r, runner.max_turns))

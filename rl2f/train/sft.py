@@ -221,4 +221,4 @@ def train_sft(cfg: RunConfig, out_dir: str | Path, resume: str | Path | None = N
             record["eval_loss"] = evaluate_loss(run.model, eval_seqs, t.micro_batch, tok.pad_id, d.device)
         return record
 
-    return loop.run_steps(total_steps, step, summary=lambda r: f"loss {r['loss']:.4f}")
+    return loop.run_steps(total_steps, step, summary=lambda r: f"loss {r['loss']:.4f} {r['tokens_per_s']:.0f} tok/s")

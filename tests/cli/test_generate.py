@@ -21,14 +21,19 @@ def run(args):
 
 
 def test_summary_line_and_resume(tmp_path):
-    """The last line is a JSON summary; running again on the same file adds nothing."""
+    """The last line is a JSON summary; running again on the same file adds nothing. Off a
+    terminal, progress is one line per batch (rollout.problems_per_batch 2: 2 of 3, then 3)."""
     out = tmp_path / "eps.jsonl"
-    code, text = run(["generate", "--set", "task.name=secret", *SMALL, "--problems", "3", "--out", str(out)])
+    code, text = run(["generate", "--set", "task.name=secret", *SMALL, "--set", "rollout.problems_per_batch=2",
+                      "--problems", "3", "--out", str(out)])
     assert code == 0, text
+    progress = [line.split()[1] for line in text.splitlines() if line.startswith("generate ")]
+    assert progress == ["0/3", "2/3", "3/3"], text
     summary = json.loads(text.strip().splitlines()[-1])
     assert {"problems", "episodes", "acc@1", "acc@2", "leak_rate", "tokens_per_s"} <= set(summary)
     assert (summary["problems"], summary["episodes"], summary["new_episodes"]) == (3, 6, 6)
-    code, text = run(["generate", "--set", "task.name=secret", *SMALL, "--problems", "3", "--out", str(out)])
+    code, text = run(["generate", "--set", "task.name=secret", *SMALL, "--set", "rollout.problems_per_batch=2",
+                      "--problems", "3", "--out", str(out)])
     summary = json.loads(text.strip().splitlines()[-1])
     assert (code, summary["episodes"], summary["new_episodes"]) == (0, 6, 0)
     assert len(out.read_text().splitlines()) == 6

@@ -98,7 +98,7 @@ def test_base_and_two_adapters_in_one_call(setup):
     problems = {task: task.problems(4), "secret": get_task("secret", digits=1).problems(2, split="test")}
     seen = []
     report = evaluate_models(cfg, {"base": None, "a": str(a), "b": str(b)}, problems, seeds=[0], self_correct=["a"],
-                             placebo=True, oracle_free=True, contrasts=[("a", "b")],
+                             controls=("feedback", "retry", "placebo"), oracle_free=True, contrasts=[("a", "b")],
                              progress=lambda n, total, label: seen.append((n, total)), episodes_dir=root / "eps")
     assert set(report["models"]) == {"base", "a", "b", "a_self_correct"}
     assert report["max_turns"] == T and report["k"] == T and report["seeds"] == [0]
@@ -275,7 +275,44 @@ def test_cli_evaluate_and_self_correct(setup, tmp_path):
     assert "self-correction dialogue" in r.output and "critique 1" in r.output
 
     for args, msg in [(["--turns", "0"], "--turns must be >= 1"), (["--seeds", "a,b"], "--seeds"),
+                      (["--controls", "hints,hint"], "--controls 'hints,hint': expected one or more of"),
+                      (["--pass-at-k", "-1"], "--pass-at-k must be >= 0"),
                       (["--problems", "0"], "--problems must be in 1..100,000, got 0"),
                       (["--adapter", f"base={a}"], "used twice"), (["--no-base"], "nothing to evaluate")]:
         r = runner.invoke(cli, ["evaluate", *sets, *args, "--out", str(tmp_path / "bad")])
         assert r.exit_code == 2 and msg in r.output, (args, r.output)
+
+
+def test_cli_controls_pass_at_k_and_a_progress_line_per_batch(setup, tmp_path):
+    """`--controls hints,placebo --pass-at-k 0`: feedback and placebo episodes only (no retry,
+    no pass@K samples), the report and its table carry the placebo rows and the content
+    effect; `--controls retry` alone makes acc@t the retry episodes' (teacher "retry"). Off a
+    terminal, progress is one line per batch of eval.batch_size problems. (Before: no
+    placebo switch, pass@K always played, and no line until the end.)"""
+    from rl2f.episodes import read_episodes
+
+    cfg, (a, _), root = setup
+    cli, runner = _cli(), CliRunner()
+    sets = [a for o in OVERRIDES + ["eval.batch_size=2"] for a in ("--set", o)]
+    ev = tmp_path / "ev"
+    r = runner.invoke(cli, ["evaluate", *sets, "--adapter", f"rl2f={a}", "--no-base", "--turns", "2",
+                            "--problems", "4", "--controls", "hints,placebo", "--pass-at-k", "0", "--save-episodes",
+                            "--out", str(ev)])
+    assert r.exit_code == 0, r.output
+    rep = json.loads((ev / "report.json").read_text())
+    m = rep["models"]["rl2f"]
+    assert m["teacher"] == "programmatic" and rep["k"] == 0
+    assert len(m["placebo_acc_at"]) == 2 and len(m["content_effect"]) == 2
+    assert "retry_acc_at" not in m and "pass_at_k" not in m
+    assert {p.name for p in (ev / "episodes").iterdir()} == {"rl2f.feedback.jsonl", "rl2f.placebo.jsonl"}
+    assert len(read_episodes(ev / "episodes" / "rl2f.placebo.jsonl")) == 4
+    assert "placebo acc@2 | content effect |" in r.output and "pass@" not in r.output
+    lines = [line for line in r.output.splitlines() if line.startswith("evaluate ")]
+    assert [line.split()[1] for line in lines] == ["2/8", "4/8", "6/8", "8/8"], r.output
+    assert lines[0].endswith("rl2f feedback seed 0") and lines[-1].endswith("rl2f placebo seed 0")
+
+    r = runner.invoke(cli, ["evaluate", *sets, "--adapter", f"rl2f={a}", "--no-base", "--turns", "2",
+                            "--problems", "2", "--controls", "retry", "--out", str(tmp_path / "retry")])
+    assert r.exit_code == 0, r.output
+    m = json.loads((tmp_path / "retry" / "report.json").read_text())["models"]["rl2f"]
+    assert m["teacher"] == "retry" and m["acc_at"] == m["retry_acc_at"] and "pass_at_k" in m

@@ -25,7 +25,8 @@ SMALL = ["--set", "rollout.group_size=2", "--set", "rollout.problems_per_batch=1
 
 def test_smoke_run_and_resume(tmp_path, tiny_ckpt):
     """`--set train.max_steps=1` runs one GRPO step from a shipped config and writes metrics
-    and a checkpoint; `--resume DIR --set train.max_steps=2` continues the same run to step 2."""
+    and a checkpoint; `--resume DIR --set train.max_steps=2` continues the same run to step 2.
+    The run directory names its newest checkpoint's adapter."""
     out = tmp_path / "run"
     r = invoke("--method", "rlvr", "--config", str(CONFIGS / "tiny-rlvr.toml"), "--set", "train.max_steps=1",
                "--set", f'model.path="{tiny_ckpt}"', *SMALL, "--out", str(out))
@@ -35,6 +36,11 @@ def test_smoke_run_and_resume(tmp_path, tiny_ckpt):
     assert r.exit_code == 0, r.output
     steps = [json.loads(l)["step"] for l in (out / "metrics.jsonl").read_text().splitlines()]
     assert steps == [1, 2] and (out / "checkpoints" / "step-000002" / "adapter" / "adapter_config.json").is_file()
+    # what --adapter of generate / evaluate / self-correct accepts: the run, a checkpoint, an adapter
+    from rl2f.train.checkpoint import adapter_dir
+    newest = out / "checkpoints" / "step-000002" / "adapter"
+    assert adapter_dir(out) == adapter_dir(newest.parent) == adapter_dir(newest) == str(newest)
+    assert adapter_dir(out / "checkpoints" / "step-000001") == str(out / "checkpoints" / "step-000001" / "adapter")
 
 
 @pytest.mark.parametrize("setting, key", [
@@ -63,3 +69,32 @@ def test_bad_sft_data_names_file_and_line(tmp_path, tiny_ckpt):
     r = CliRunner().invoke(cli, ["train", "--method", "sft", "--set", f'model.path="{tiny_ckpt}"',
                                  "--set", f'train.sft_data="{data}"', "--out", str(tmp_path / "run")])
     assert r.exit_code == 2 and f"{data}:2" in r.output, r.output
+
+
+def test_stdout_to_a_file_gets_one_line_per_step(tmp_path, tiny_ckpt):
+    """`rl2f train ... > log` (nohup, slurm, CI): one plain line per step with the step,
+    reward, acc@1 and acc@T, loss and speed of that step's metrics row, then the final JSON
+    line. (Before, click's bar printed the label `train` and nothing per step off a terminal.)"""
+    import re
+    import subprocess
+    import sys
+
+    out, log = tmp_path / "run", tmp_path / "log"
+    with log.open("w") as f:
+        proc = subprocess.run([sys.executable, "-m", "rl2f.cli", "train", "--method", "rl2f",
+                               "--config", str(CONFIGS / "tiny-rl2f.toml"), "--set", "train.max_steps=3",
+                               "--set", "rollout.max_turns=2", "--set", f'model.path="{tiny_ckpt}"', *SMALL,
+                               "--out", str(out)], stdout=f, stderr=subprocess.STDOUT, timeout=300)
+    text = log.read_text()
+    assert proc.returncode == 0, text
+    rows = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
+    steps = [l for l in text.splitlines() if l.startswith("train ")]
+    assert len(steps) == 3, text
+    for line, row in zip(steps, rows):
+        m = re.match(r"train (\d+)/3 \(\d+%\) [\d:]+ elapsed(, eta [\d:]+)?: reward ([-\d.]+) acc@1 ([\d.]+) "
+                     r"acc@2 ([\d.]+) loss ([-\d.]+) \d+ tok/s$", line)
+        assert m, line
+        assert int(m[1]) == row["step"]
+        assert float(m[3]) == round(row["reward_mean"], 3) and float(m[4]) == round(row["acc@1"], 3)
+        assert float(m[5]) == round(row["acc@2"], 3) and float(m[6]) == round(row["loss"], 4)
+    assert json.loads(text.strip().splitlines()[-1])["step"] == 3
