@@ -25,6 +25,7 @@ except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
 
 from rl2f.errors import UserError
+from rl2f.plugins import absolute_spec, entry_point_names, is_spec
 
 T = TypeVar("T")
 MAX_PROBLEMS = 100_000  # problems a run or a command makes (all made up front: a bound on memory and time)
@@ -185,13 +186,17 @@ class ModelSection:
 
 @dataclasses.dataclass
 class TaskSection:
-    name: str = "math"  # math | maze | puzzle | code
+    # math | maze | puzzle | code | secret, a name an installed package registers (entry-point
+    # group rl2f.tasks), or the class: "package.module:Class" | "path/to/file.py:Class"
+    name: str = "math"
     options: dict = dataclasses.field(default_factory=dict)  # passed to get_task(name, **options)
     n_train: int = 256  # training problems drawn from the task's train split (at most MAX_PROBLEMS)
     n_eval: int = 100  # held-out problems (test split, at most MAX_PROBLEMS)
     seed: int = 0  # problem generation seed (>= 0)
 
     def __post_init__(self):
+        # a task file by its absolute path: a resumed run, evaluate and generate find the same file
+        self.name = absolute_spec(self.name)
         for name in ("n_train", "n_eval", "seed"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
@@ -199,6 +204,9 @@ class TaskSection:
             if getattr(self, name) > MAX_PROBLEMS:
                 raise ValueError(f"{name} must be at most {MAX_PROBLEMS:,} (problems are made up front), "
                                  f"got {getattr(self, name):,}")
+
+
+TEACHERS = ("programmatic", "llm", "retry", "placebo", "self")  # built in (rl2f/teacher.py)
 
 
 @dataclasses.dataclass
@@ -210,7 +218,11 @@ class RolloutSection:
     top_p: float = 1.0
     top_k: int | None = None  # tokens kept; None (the key left out) = off
     max_new_tokens: int = 64  # per student attempt
-    teacher: Literal["programmatic", "llm", "retry", "placebo", "self"] = "programmatic"  # retry: "incorrect, try again"; placebo: the hint format, no content; self: the student critiques itself
+    # programmatic (the task's hints) | llm | retry ("incorrect, try again") | placebo (the hint
+    # format, no content) | self (the student critiques itself), or a teacher class of the
+    # user's: "package.module:Class" | "path/to/file.py:Class" | a name registered under the
+    # entry-point group rl2f.teachers (rl2f.teacher.GuardedTeacher: its messages are guarded)
+    teacher: str = "programmatic"
     teacher_max_new_tokens: int = 64
     leak_guard_tries: int = 3  # regenerations of a leaking LLM-teacher message before the fallback
     leak_judge: bool = False  # LLM teacher: the base model also judges each draft the string checks pass
@@ -232,6 +244,12 @@ class RolloutSection:
             raise ValueError("group_size must be >= 1")
         if self.max_turns < 1:
             raise ValueError("max_turns must be >= 1")
+        self.teacher = absolute_spec(self.teacher)  # a teacher file, found again from anywhere
+        if self.teacher not in TEACHERS and not is_spec(self.teacher) \
+                and self.teacher not in entry_point_names("rl2f.teachers"):
+            raise ValueError(f"teacher must be one of {', '.join(TEACHERS)}, a teacher class "
+                             f"('package.module:Class' or 'path/to/file.py:Class') or a registered name, "
+                             f"got {self.teacher!r}")
         if self.temperature < 0:
             raise ValueError("temperature must be >= 0")
         if not 0 < self.top_p <= 1:

@@ -1,6 +1,6 @@
-"""Reading JSONL files of records (episode files, SFT dialogues) the one way: every non-blank
-line a JSON object, a bad line one `UserError` naming the file and the line (or skipped and
-counted)."""
+"""Reading JSONL files of records (episode files, SFT dialogues, task problems) the one way:
+every non-blank line a JSON object, a bad line one `UserError` naming the file and the line
+(or skipped and counted)."""
 from __future__ import annotations
 
 import json
@@ -14,32 +14,49 @@ T = TypeVar("T")
 BAD_RECORD = (json.JSONDecodeError, TypeError, KeyError, ValueError, AttributeError)
 
 
+class BadRecord(ValueError):
+    """A record its parser refuses, with a message that says why whole: "FILE:LINE: MESSAGE"."""
+
+
 def read_jsonl(path: str | Path, what: str, parse: Callable[[dict, int], T], skip_bad: bool = False,
                ) -> tuple[list[T], int]:
     """`parse(record, line_number)` for each record of `path`, in file order. Returns (parsed
     records, lines skipped). A malformed line raises a UserError naming file and line, or
     with `skip_bad` is skipped and counted. `parse` may return None to drop a good record."""
     path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{path}: file not found")
+    try:
+        with path.open("rb") as f:  # bytes: a line that is not UTF-8 is a bad line like any other
+            # iterating bytes cuts at "\n" only: str.splitlines() would also cut at U+2028,
+            # U+0085 and the other separators a JSON string may hold as they are
+            lines = list(f)
+    except FileNotFoundError:
+        raise UserError(f"{path}: cannot read: the file does not exist") from None
+    except OSError as e:
+        raise UserError(f"{path}: cannot read: {e.strerror or e}") from None
     out, skipped = [], 0
-    with path.open("rb") as f:  # bytes: a line that is not UTF-8 is a bad line like any other
-        lines = list(f)
     for lineno, line in enumerate(lines, 1):
         if not line.strip():
             continue
         try:
-            rec = json.loads(line)  # UnicodeDecodeError is a ValueError
+            rec = json.loads(line.decode("utf-8"))
             if not isinstance(rec, dict):
-                raise ValueError("expected a JSON object")
+                raise BadRecord(f"not {what} (expected a JSON object)")
             item = parse(rec, lineno)
         except UserError:
             raise
+        except UnicodeDecodeError as e:
+            why = f"not UTF-8 text (byte {e.start + 1} of the line)"
+        except json.JSONDecodeError as e:
+            why = f"not {what} (invalid JSON: {e.msg} at column {e.colno})"
+        except BadRecord as e:
+            why = str(e)
         except BAD_RECORD as e:
-            if skip_bad:
-                skipped += 1
-                continue
-            raise UserError(f"{path}:{lineno}: not {what} ({type(e).__name__}: {e})") from None
-        if item is not None:
-            out.append(item)
+            why = f"not {what} ({type(e).__name__}: {e})"
+        else:
+            if item is not None:
+                out.append(item)
+            continue
+        if not skip_bad:
+            raise UserError(f"{path}:{lineno}: {why}") from None
+        skipped += 1
     return out, skipped

@@ -26,6 +26,7 @@ import random
 import zlib
 from dataclasses import dataclass, field, replace
 
+from rl2f.config import TEACHERS
 from rl2f.engine.types import SamplingParams
 from rl2f.distributed import any_rank
 from rl2f.errors import UserError
@@ -263,9 +264,59 @@ class SelfCritiqueTeacher:
         return [Feedback(out.outputs[0].text.strip()) for out in outs]
 
 
+class GuardedTeacher:
+    """A teacher of the user's (`rollout.teacher = "my_pkg:MyTeacher"`, "file.py:MyTeacher" or
+    a name registered under the entry-point group `rl2f.teachers`): built as `cls(task)`, its
+    `feedback(requests)` returns one message (a str or a `Feedback`) per request. Every message
+    passes the leak guard with the episode's earlier feedback, as the task's own hints do: a
+    flagged one is replaced by the generic hint and counted."""
+
+    def __init__(self, name: str, user, task: Task):
+        self.name, self.user, self.guard = name, user, LeakGuard(task)
+
+    def feedback(self, requests: list[FeedbackRequest]) -> list[Feedback]:
+        messages = self.user.feedback(requests)
+        if not isinstance(messages, (list, tuple)) or len(messages) != len(requests):
+            raise UserError(f"teacher '{self.name}': feedback() must return one message per request "
+                            f"({len(requests)}), got {type(messages).__name__}")
+        out = []
+        for r, m in zip(requests, messages):
+            text = m.text if isinstance(m, Feedback) else m
+            if not isinstance(text, str):
+                raise UserError(f"teacher '{self.name}': a message must be a str or a Feedback, got {type(m).__name__}")
+            check = self.guard.check(text, r.problem, earlier=earlier_feedback(r.history))
+            out.append(Feedback(GENERIC_HINT, True, [check.reason]) if check.leaked else Feedback(text))
+        return out
+
+
+TEACHER_ENTRY_POINTS = "rl2f.teachers"
+
+
+def user_teacher(name: str, task: Task) -> GuardedTeacher:
+    """The user's teacher class `name` (a spec or an entry-point name), built and guarded."""
+    from rl2f.plugins import entry_point, is_spec, load_object
+
+    spec = name if is_spec(name) else entry_point(TEACHER_ENTRY_POINTS, name)
+    if spec is None:
+        raise UserError(f"unknown teacher '{name}' (built in: {', '.join(TEACHERS)}; or give the "
+                        "teacher class as 'package.module:Class' or 'path/to/file.py:Class')")
+    cls = load_object(spec, f"teacher '{name}'")
+    if not isinstance(cls, type) or not callable(getattr(cls, "feedback", None)):
+        raise UserError(f"teacher '{name}': {spec} is not a teacher class (a class with a feedback(requests) method)")
+    try:
+        return GuardedTeacher(name, cls(task), task)
+    except UserError:
+        raise
+    except Exception as e:  # the user's constructor: its own error, one line
+        raise UserError(f"teacher '{name}': {spec}(task) failed ({type(e).__name__}: {e})") from None
+
+
 def make_teacher(kind: str, task: Task, engine=None, tokenizer=None, sampling_params=None, max_tries: int = 3,
                  leak_judge: bool = False):
-    """The teacher of `kind`; leak_judge adds the LLM judge to the LLM teacher's guard."""
+    """The teacher of `kind` (a built-in one, or the user's: `user_teacher`); leak_judge adds
+    the LLM judge to the LLM teacher's guard."""
+    if kind not in TEACHERS:
+        return user_teacher(kind, task)
     if kind == "programmatic":
         return ProgrammaticTeacher(task)
     if kind == "retry":

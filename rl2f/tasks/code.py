@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from rl2f.errors import UserError
+from rl2f.jsonl import BadRecord, read_jsonl
 from rl2f.tasks.sandbox import run_untrusted
 from rl2f.tasks.base import Problem, Task, Verdict, check_option
 from rl2f.tasks.maze import content_id, sample_problems, split_of, split_rng
@@ -259,23 +260,29 @@ def _assert_to_test(line: str, entry: str) -> dict:
     return {"code": line}
 
 
-def _parse_record(rec: Any) -> tuple[str, str, list[dict], str | None]:
-    if not isinstance(rec, dict):
-        raise ValueError("expected a JSON object")
-    prompt, entry, tests = rec.get("prompt"), rec.get("entry_point"), rec.get("tests")
+def _parse_record(rec: dict) -> tuple[str, str, list[dict], str | None]:
+    prompt = rec.get("prompt")
     if not isinstance(prompt, str) or not prompt.strip():
-        raise ValueError("'prompt' must be a non-empty string")
-    if not isinstance(entry, str) or not entry.isidentifier():
-        raise ValueError("'entry_point' must be a function name")
+        raise BadRecord("'prompt' must be a non-empty string")
+    entry, tests = read_tests(rec)
     pid = rec.get("id")
     if pid is not None and not isinstance(pid, (str, int)):
-        raise ValueError("'id' must be a string")
+        raise BadRecord("'id' must be a string")
+    return prompt, entry, tests, (str(pid) if pid is not None else None)
+
+
+def read_tests(rec: dict) -> tuple[str, list[dict]]:
+    """A record's `entry_point` and its `tests` (in any of the shapes the module docstring
+    lists) as the tests `CodeTask.verify` runs; BadRecord says what is wrong."""
+    entry, tests = rec.get("entry_point"), rec.get("tests")
+    if not isinstance(entry, str) or not entry.isidentifier():
+        raise BadRecord("'entry_point' must be a function name")
     out: list[dict] = []
     if isinstance(tests, str):
         try:
             ast.parse(tests)
         except SyntaxError as e:
-            raise ValueError(f"'tests' code does not parse: {e.msg} (line {e.lineno})") from None
+            raise BadRecord(f"'tests' code does not parse: {e.msg} (line {e.lineno})") from None
         code = tests + (f"\ncheck({entry})\n" if re.search(r"^def check\(", tests, re.M) else "")
         out.append({"code": code})
     elif isinstance(tests, list) and tests:
@@ -284,21 +291,21 @@ def _parse_record(rec: Any) -> tuple[str, str, list[dict], str | None]:
                 try:
                     out.append(_assert_to_test(t, entry))
                 except ValueError as e:
-                    raise ValueError(f"tests[{i}]: {e}") from None
+                    raise BadRecord(f"tests[{i}]: {e}") from None
             elif isinstance(t, dict) and "input" in t and "output" in t:
                 if not isinstance(t["input"], list):
-                    raise ValueError(f"tests[{i}]: 'input' must be a list of arguments")
+                    raise BadRecord(f"tests[{i}]: 'input' must be a list of arguments")
                 try:
                     out.append({"args": _args_src(tuple(t["input"])),
                                 "expected": _lit_src(t["output"]), "json": True})
                 except ValueError as e:
-                    raise ValueError(f"tests[{i}]: {e}") from None
+                    raise BadRecord(f"tests[{i}]: {e}") from None
             else:
-                raise ValueError(f"tests[{i}]: expected an assert string or "
-                                 f"{{'input': [...], 'output': ...}}")
+                raise BadRecord(f"tests[{i}]: expected an assert string or "
+                                f"{{'input': [...], 'output': ...}}")
     else:
-        raise ValueError("'tests' must be a non-empty list or a string of test code")
-    return prompt, entry, out, (str(pid) if pid is not None else None)
+        raise BadRecord("'tests' must be a non-empty list or a string of test code")
+    return entry, out
 
 
 # --- the child programs ------------------------------------------------------------------
@@ -554,34 +561,17 @@ class CodeTask(Task):
 
     # --- problems ---
     def _load(self, path: str, skip_bad: bool) -> list[Problem]:
-        try:
-            f = open(path, "rb")  # decoded per line, so a bad byte names its line
-        except OSError as e:
-            raise UserError(f"{path}: cannot read: {e.strerror}") from None
-        out, ids = [], {}
-        with f:
-            for lineno, raw in enumerate(f, 1):
-                if not raw.strip():
-                    continue
-                try:
-                    try:
-                        rec = json.loads(raw.decode("utf-8"))
-                    except json.JSONDecodeError as e:
-                        raise ValueError(f"invalid JSON: {e.msg}") from None
-                    prompt, entry, tests, pid = _parse_record(rec)
-                    pid = pid or content_id("code", f"code|{prompt}|{entry}")
-                    if pid in ids:
-                        raise ValueError(f"same id (or same prompt and entry_point) as line "
-                                         f"{ids[pid]}: {pid!r}")
-                except ValueError as e:
-                    if skip_bad:
-                        self.skipped += 1
-                        continue
-                    raise UserError(f"{path}:{lineno}: {e} (pass skip_bad=True to skip bad "
-                                    f"lines)") from None
-                ids[pid] = lineno
-                out.append(Problem(pid, prompt, "", {"entry_point": entry, "tests": tests,
-                                                     "split": split_of(f"code|{pid}")}))
+        ids: dict[str, int] = {}
+
+        def parse(rec: dict, lineno: int) -> Problem:
+            prompt, entry, tests, pid = _parse_record(rec)
+            pid = pid or content_id("code", f"code|{prompt}|{entry}")
+            if pid in ids:
+                raise BadRecord(f"same id (or same prompt and entry_point) as line {ids[pid]}: {pid!r}")
+            ids[pid] = lineno
+            return Problem(pid, prompt, "", {"entry_point": entry, "tests": tests, "split": split_of(f"code|{pid}")})
+
+        out, self.skipped = read_jsonl(path, "a coding problem", parse, skip_bad)
         return out
 
     def _make(self, rng: random.Random):

@@ -10,7 +10,6 @@ message it sends, once.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import random
 import re
@@ -21,6 +20,7 @@ from typing import Any
 from rl2f.errors import UserError
 from rl2f.tasks.answers import is_equivalent, numeric_value, read_answer, stated_value, text_answer
 from rl2f.tasks.base import Problem, Task, Verdict, check_option
+from rl2f.tasks.records import Fields, answer_pattern, draw, hash_bucket, read_problems
 
 _INTERVAL_END = re.compile(r"\\infty|\u221e|\binf")
 
@@ -184,11 +184,6 @@ _KINDS = {
 }
 
 
-def _bucket(text: str) -> int:
-    """Stable 0..99 bucket of a problem's text: the split depends on the problem alone."""
-    return int(hashlib.sha256(" ".join(text.split()).encode()).hexdigest()[:8], 16) % 100
-
-
 # ---------------------------------------------------------------------------------------
 # The task
 
@@ -203,13 +198,16 @@ _KIND_WORDS = {
 class MathTask(Task):
     """Math word and arithmetic problems, generated (`difficulty` 1-5) or from a JSONL file
     in Omni-MATH's shape (`path`; fields problem, answer, and optional id, solution, domain,
-    difficulty). Splits: a fixed share (`test_fraction`) of problem texts, by hash, is test."""
+    difficulty). Splits: a fixed share (`test_fraction`) of problem texts, by hash, is test.
+    An answer must be a short one (rl2f.tasks.records.reference_answer); `answer_regex` takes it
+    out of a longer field (GSM8K's `####\\s*(.+)$`). Other field names: the `jsonl` task."""
 
     name = "math"
     system_prompt = "Solve the problem. Keep it short and end with a line 'Answer: <your answer>'."
 
     def __init__(self, path: str | os.PathLike | None = None, difficulty: int = 3,
-                 skip_bad: bool = False, test_fraction: float = 0.2, timeout: float = 2.0):
+                 skip_bad: bool = False, test_fraction: float = 0.2, timeout: float = 2.0,
+                 answer_regex: str | None = None):
         if difficulty not in _KINDS or isinstance(difficulty, bool):
             raise UserError(f"math task: difficulty must be 1..5, got {difficulty!r}")
         if not isinstance(test_fraction, (int, float)) or not 0 < test_fraction < 1:
@@ -217,6 +215,9 @@ class MathTask(Task):
         # a grading time limit of 0 or less (or NaN) would mark every equivalent answer wrong
         timeout = check_option("math", "timeout", timeout, float, 0, 600, lo_open=True)
         check_option("math", "skip_bad", skip_bad, bool)
+        self.answer_pattern = answer_pattern("math", answer_regex)
+        if self.answer_pattern is not None and path is None:
+            raise UserError("math task: answer_regex reads answers from a problems file: give path too")
         self.path = Path(path) if path is not None else None
         self.difficulty = difficulty
         self.skip_bad = skip_bad
@@ -229,68 +230,24 @@ class MathTask(Task):
 
     # -- problems ---------------------------------------------------------------------
     def _split_of(self, text: str) -> str:
-        return "test" if _bucket(text) < self.test_cut else "train"
-
-    def _bad(self, path: Path, lineno: int, why: str) -> None:
-        if not self.skip_bad:
-            raise UserError(f"{path}:{lineno}: {why} (pass skip_bad=True to skip bad lines)")
-        self.skipped += 1
+        return "test" if hash_bucket(text) < self.test_cut else "train"
 
     def _load(self, path: Path) -> dict[str, list[Problem]]:
-        try:
-            # lines end at "\n" only: str.splitlines() would also cut at U+2028, U+0085 and
-            # the other separators JSON strings may hold as they are
-            lines = path.read_bytes().split(b"\n")
-        except FileNotFoundError:
-            raise UserError(f"math problems file {path} does not exist") from None
-        except OSError as e:
-            raise UserError(f"cannot read math problems file {path}: {e}") from None
+        problems, skipped = read_problems(
+            path, Fields(answer_regex=self.answer_pattern), lambda prompt, lineno: f"{path.name}:{lineno}",
+            lambda rec: {k: rec[k] for k in ("solution", "domain", "difficulty", "source") if k in rec}, self.skip_bad)
+        self.skipped += skipped
         pool: dict[str, list[Problem]] = {"train": [], "test": []}
-        seen: set[str] = set()
-        for lineno, raw in enumerate(lines, 1):
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as e:
-                self._bad(path, lineno, f"not UTF-8 text (byte {e.start + 1} of the line)")
-                continue
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                self._bad(path, lineno, f"invalid JSON ({e.msg} at column {e.colno})")
-                continue
-            if not isinstance(rec, dict):
-                self._bad(path, lineno, "expected a JSON object")
-                continue
-            problem, answer = rec.get("problem"), rec.get("answer")
-            if not isinstance(problem, str) or not problem.strip():
-                self._bad(path, lineno, "missing or empty 'problem'")
-                continue
-            if isinstance(answer, bool) or not isinstance(answer, (str, int, float)) or not str(answer).strip():
-                self._bad(path, lineno, "missing or empty 'answer'")
-                continue
-            pid = str(rec["id"]) if rec.get("id") is not None else f"{path.name}:{lineno}"
-            if pid in seen:
-                self._bad(path, lineno, f"duplicate id {pid!r}")
-                continue
-            seen.add(pid)
-            info = {k: rec[k] for k in ("solution", "domain", "difficulty", "source") if k in rec}
-            info["line"] = lineno
-            pool[self._split_of(problem)].append(Problem(pid, problem.strip(), str(answer).strip(), info))
+        for p in problems:
+            pool[self._split_of(p.prompt)].append(p)
         return pool
 
     def problems(self, n: int, seed: int = 0, split: str = "train") -> list[Problem]:
         if split not in ("train", "test"):
             raise UserError(f"math task: split must be 'train' or 'test', got {split!r}")
         if self._pool is not None:
-            pool = self._pool[split]
-            if n > len(pool):
-                raise UserError(f"{self.path}: asked for {n} {split} problems but the file has {len(pool)} "
-                                f"in that split ({100 - self.test_cut}% train / {self.test_cut}% test by hash)")
-            order = list(range(len(pool)))
-            random.Random(f"rl2f-math-file:{split}:{seed}").shuffle(order)
-            return [pool[i] for i in order[:n]]
+            return draw(self._pool[split], n, split, f"rl2f-math-file:{split}:{seed}", self.path,
+                        f"{100 - self.test_cut}% train / {self.test_cut}% test by hash")
         rng = random.Random(f"rl2f-math:{self.difficulty}:{split}:{seed}")
         out: list[Problem] = []
         seen: set[str] = set()

@@ -18,7 +18,10 @@ What it does, per optimiser step:
    base (`beta`), and with `critique_weight` > 0 the critique-prediction likelihood on the
    teacher's tokens. Each term is a sum over tokens divided by the step's GLOBAL token count
    (all accumulation steps and ranks), so the objective is bounded: with all-zero rewards
-   every group is dropped and the adapter does not move at all.
+   every group is dropped and the adapter does not move at all. Each metrics row also holds
+   the trainer-vs-sampler gap before the update (`logprob_gap_mean`, `logprob_gap_max`:
+   |log p_trainer - log p_sampler| over the loss tokens; `ratio_min`, `ratio_max`): ~1e-6
+   with the built-in engine, and the first number to look at when a vLLM run's ratios blow up.
 4. Update: clip the global grad norm, stop on a non-finite loss or gradient (the last good
    checkpoint is kept), AdamW, warmup + cosine schedule over the run's progress (steps, or
    the generated-token budget when that ends the run first).
@@ -44,6 +47,7 @@ chunks of problems, and its result does not depend on how they are split.)
 from __future__ import annotations
 
 import contextlib
+import math
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -52,7 +56,7 @@ from pathlib import Path
 import torch
 
 from rl2f.config import RunConfig
-from rl2f.distributed import Dist, all_reduce_max, barrier, unsharded
+from rl2f.distributed import Dist, all_reduce_max, barrier, max_over_ranks, unsharded
 from rl2f.episodes import Episode, EpisodeRunner
 from rl2f.errors import UserError
 from rl2f.lora import adapters_disabled, save_adapter
@@ -174,13 +178,34 @@ class LossSums(Sums):
     clipped: float = 0.0  # clipped loss tokens
     kl: float = 0.0  # sum of per-token k3 KL
     teacher_nll: float = 0.0  # sum of -log p over teacher tokens (critique prediction)
+    gap: float = 0.0  # sum of |trainer log p - sampler log p| over loss tokens
 
 
-def backward(loop: Loop, batch: RolloutBatch, stats: StepStats, temperature: float) -> LossSums:
+@dataclass
+class RatioRange:
+    """The extremes, over this step's loss tokens, of log(trainer p / sampler p) before any
+    update (every micro-batch's log-probs are computed before the step's one optimiser step):
+    how far the sampler's numbers are from the trainer's. A large gap makes the importance
+    ratio explode (trl#4159) and needs looking at before the loss does."""
+
+    lo: float = math.inf
+    hi: float = -math.inf
+
+    def add(self, log_ratio: torch.Tensor) -> None:
+        if log_ratio.numel():
+            self.lo, self.hi = min(self.lo, float(log_ratio.min())), max(self.hi, float(log_ratio.max()))
+
+    def over_ranks(self, d) -> "RatioRange":
+        m = max_over_ranks({"neg_lo": -self.lo, "hi": self.hi}, d)
+        return RatioRange(-m["neg_lo"], m["hi"])
+
+
+def backward(loop: Loop, batch: RolloutBatch, stats: StepStats, temperature: float) -> tuple[LossSums, RatioRange]:
     """Log-probs, loss and backward over this rank's micro-batches; every rank runs the same
-    number of passes (FSDP's collectives stay in step). Returns this rank's sums."""
+    number of passes (FSDP's collectives stay in step). Returns this rank's sums and the
+    range of its log importance ratios."""
     model, t, d, pad = loop.run.model, loop.cfg.train, loop.dist, loop.run.tokenizer.pad_id
-    sums = LossSums()
+    sums, ratios = LossSums(), RatioRange()
     n_micro = all_reduce_max(len(batch.micro_batches), d)
     for i in range(n_micro):
         with loop.timer("logprob"):
@@ -196,6 +221,9 @@ def backward(loop: Loop, batch: RolloutBatch, stats: StepStats, temperature: flo
                                           temperature)  # (N,)
             hidden = forward_hidden(model, mb)  # (B, T, H)
             logp = gather_logprobs(model, hidden, mb.loss_pos, mb.loss_targets, temperature)  # (N,)
+            log_ratio = logp.detach() - mb.old_logprobs
+            sums.gap += float(log_ratio.abs().sum())
+            ratios.add(log_ratio)
             pl = grpo_loss(logp, mb.old_logprobs, ref, mb.advantages, stats.loss_tokens, t.clip_low,
                            t.clip_high, t.beta)
             loss = pl.loss + 0.0 * hidden.sum()
@@ -206,7 +234,7 @@ def backward(loop: Loop, batch: RolloutBatch, stats: StepStats, temperature: flo
         with loop.timer("backward"):
             (loss * loop.scale).backward()
         sums += LossSums(float(pl.pg_sum), float(pl.clipped), float(pl.kl_sum))
-    return sums
+    return sums, ratios
 
 
 # ----------------------------------------------------------------------------------------
@@ -234,7 +262,7 @@ def hand_off(run: Run, version: int, out_dir: Path) -> None:
 # The loop
 
 
-def step_record(stats: StepStats, losses: LossSums, cfg: RunConfig, lr: float, grad_norm: float,
+def step_record(stats: StepStats, losses: LossSums, ratios: RatioRange, cfg: RunConfig, lr: float, grad_norm: float,
                 skipped: bool, rollout_s: float, n_problems: int) -> dict:
     """One metrics row from the step's global sums."""
     t = cfg.train
@@ -256,6 +284,10 @@ def step_record(stats: StepStats, losses: LossSums, cfg: RunConfig, lr: float, g
         "context_full": stats.context_full, "skipped_problems": n_problems - stats.groups,
         "loss_tokens": stats.loss_tokens, "student_tokens": stats.student_tokens, "tokens": stats.tokens,
         "gen_tokens_per_s": stats.student_tokens / max(rollout_s, 1e-9),
+        # the sampler's log-probs against the trainer's, before the update (None: no loss token)
+        **({"logprob_gap_mean": losses.gap / n_loss, "logprob_gap_max": max(-ratios.lo, ratios.hi),
+            "ratio_min": math.exp(ratios.lo), "ratio_max": math.exp(ratios.hi)} if stats.loss_tokens
+           else dict.fromkeys(("logprob_gap_mean", "logprob_gap_max", "ratio_min", "ratio_max"))),
     }
 
 
@@ -298,7 +330,10 @@ def train_grpo(cfg: RunConfig, out_dir: str | Path, resume: str | Path | None = 
         totals["attempts_total"] += int(stats.turns)
         has_loss = stats.loss_tokens > 0 or (t.critique_weight > 0 and stats.teacher_tokens > 0)
         # --- log-probs, loss, backward (skipped when no group carried signal: nothing to learn)
-        losses = backward(loop, batch, stats, temperature).all_reduce(loop.dist) if has_loss else LossSums()
+        losses, ratios = LossSums(), RatioRange()
+        if has_loss:
+            sums, ratios = backward(loop, batch, stats, temperature)
+            losses, ratios = sums.all_reduce(loop.dist), ratios.over_ranks(loop.dist)
         # --- optimiser step
         loss_value = losses.pg / max(stats.loss_tokens, 1) \
             + t.critique_weight * losses.teacher_nll / max(stats.teacher_tokens, 1)
@@ -308,7 +343,7 @@ def train_grpo(cfg: RunConfig, out_dir: str | Path, resume: str | Path | None = 
         # --- hand-off: the next rollout samples from this adapter
         with loop.timer("handoff"):
             hand_off(run, loop.step, loop.out_dir)
-        return step_record(stats, losses, cfg, lr, grad_norm, not has_loss, rollout_s, n_problems)
+        return step_record(stats, losses, ratios, cfg, lr, grad_norm, not has_loss, rollout_s, n_problems)
 
     hand_off(run, loop.step, loop.out_dir)  # the adapter version is the number of optimiser steps taken
     return loop.run_steps(t.max_steps, step, done=budget_spent,

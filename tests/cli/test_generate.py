@@ -58,4 +58,6 @@ def test_bad_problem_file_names_file_and_line(tmp_path):
 
 def test_unknown_task_is_one_line(tmp_path):
     code, text = run(["generate", "--set", "task.name=chess", "--out", str(tmp_path / "x.jsonl")])
-    assert code == 2 and text.strip() == "error: unknown task 'chess' (known tasks: math, maze, puzzle, code, secret)"
+    assert code == 2 and text.count("\n") == 1, text
+    assert text.startswith("error: unknown task 'chess' (known tasks: math, maze, puzzle, code, secret, ")
+    assert "or give the task class as 'package.module:Class' or 'path/to/file.py:Class')" in text
