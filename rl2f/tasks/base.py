@@ -81,6 +81,9 @@ class Task(ABC):
         return [problem.answer] if problem.answer else []
 
 
+# The hint for an attempt with no answer the task could read (the math and jsonl tasks).
+NO_ANSWER_HINT = "I could not find your final answer. End your reply with a line of the form 'Answer: <your answer>'."
+
 _ANSWER_MARKER = re.compile(r"answer\s*(?:is)?\s*[:=]?", re.IGNORECASE)
 
 

@@ -34,7 +34,7 @@ from pathlib import Path
 
 from rl2f.errors import UserError
 from rl2f.jsonl import BadRecord
-from rl2f.tasks.base import Problem, Task, Verdict, answer_segment, check_option
+from rl2f.tasks.base import NO_ANSWER_HINT, Problem, Task, Verdict, answer_segment, check_option
 from rl2f.tasks.code import CodeTask, read_tests
 from rl2f.tasks.maze import content_id
 from rl2f.tasks.records import Fields, answer_pattern, draw, hash_bucket, read_problems
@@ -67,8 +67,7 @@ class ExactAnswer:
         if verdict.correct:
             return "That is correct."
         if verdict.answer is None:
-            return ("I could not find your final answer. End your reply with a line of the form "
-                    "'Answer: <your answer>'.")
+            return NO_ANSWER_HINT
         want, got = len(_normal(problem.answer).split()), len(_normal(verdict.answer).split())
         if want == got:
             return "That is not correct. Your answer has the right number of words, but not the right words."

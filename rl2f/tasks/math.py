@@ -19,7 +19,7 @@ from typing import Any
 
 from rl2f.errors import UserError
 from rl2f.tasks.answers import is_equivalent, numeric_value, read_answer, stated_value, text_answer
-from rl2f.tasks.base import Problem, Task, Verdict, check_option
+from rl2f.tasks.base import NO_ANSWER_HINT, Problem, Task, Verdict, check_option
 from rl2f.tasks.records import Fields, answer_pattern, draw, hash_bucket, read_problems
 
 _INTERVAL_END = re.compile(r"\\infty|\u221e|\binf")
@@ -302,8 +302,7 @@ class MathTask(Task):
         if verdict.correct:
             return "That is correct."
         if verdict.answer is None:
-            return ("I could not find your final answer. End your reply with a line of the form "
-                    "'Answer: <your answer>'.")
+            return NO_ANSWER_HINT
         return " ".join(["That is not correct."] + self._hint_sentences(problem, verdict.answer))
 
     def _hint_sentences(self, problem: Problem, answer: str) -> list[str]:
