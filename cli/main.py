@@ -53,7 +53,7 @@ def cli():
 
 def _register():
     # Command modules import torch and the model lazily, so `rl2f --help` stays fast.
-    from rl2f.cli import demo, evaluate, fetch_model, generate, plan_memory, self_correct, tiny, train
+    from rl2f.cli import config, demo, evaluate, fetch_model, generate, plan_memory, self_correct, tiny, train
 
     cli.add_command(generate.generate)
     cli.add_command(train.train)
@@ -63,6 +63,7 @@ def _register():
     cli.add_command(tiny.tiny)
     cli.add_command(fetch_model.fetch_model)
     cli.add_command(plan_memory.plan_memory)
+    cli.add_command(config.config)
 
 
 _register()

@@ -7,11 +7,15 @@ command line (`--set train.max_steps=3`) are parsed as TOML values and applied b
 validation, so they are checked the same way.
 
 Each dataclass validates its own ranges in `__post_init__` by raising `ValueError`; the
-loader re-raises it as a `UserError` prefixed with the table name.
+loader re-raises it as a `UserError` prefixed with the table name. Each field carries its
+help text as metadata (`field_docs`, `rl2f config --list`), and `to_toml` writes a config
+back as TOML that loads to the same config (`rl2f config --print`).
 """
 from __future__ import annotations
 
 import dataclasses
+import datetime
+import json
 import math
 import re
 import types
@@ -157,15 +161,24 @@ def apply_override(data: dict[str, Any], item: str) -> None:
 
 
 # ----------------------------------------------------------------------------------------
-# The run config: one file drives generate, train, evaluate and demo.
+# The run config: one file drives generate, train, evaluate and demo. Each field's help is
+# its metadata, so `rl2f config --list` shows the same text the source does.
+
+
+def _f(default: Any = dataclasses.MISSING, *, help: str, factory: Any = dataclasses.MISSING):
+    """A config field with its help text; `factory` builds a list or dict default per instance."""
+    return dataclasses.field(default=default, default_factory=factory, metadata={"help": help})
+
 
 @dataclasses.dataclass
 class ModelSection:
-    path: str = ""  # HF checkpoint dir; "" = the embedded tiny model (built on first use)
-    dtype: Literal["float32", "bfloat16", "float16"] = "float32"  # frozen base weights
-    device: str = "auto"  # "auto" = cuda when available, else cpu; or "cpu", "cuda", "cuda:N"
-    tiny_family: Literal["gemma3", "llama", "qwen2", "qwen3"] = "gemma3"  # embedded model's family
-    tiny_seed: int = 0  # init seed of the embedded model
+    path: str = _f("", help='HF checkpoint dir; "" = the embedded tiny model (built on first use)')
+    dtype: Literal["float32", "bfloat16", "float16"] = _f(
+        "float32", help="dtype of the frozen base weights (the LoRA adapter is always float32)")
+    device: str = _f("auto", help='"auto" = cuda when available, else cpu; or "cpu", "cuda", "cuda:N"')
+    tiny_family: Literal["gemma3", "llama", "qwen2", "qwen3"] = _f(
+        "gemma3", help='family of the embedded model (model.path = "")')
+    tiny_seed: int = _f(0, help="init seed of the embedded model")
 
     def __post_init__(self):
         if self.path == "" and self.tiny_seed < 0:
@@ -186,13 +199,13 @@ class ModelSection:
 
 @dataclasses.dataclass
 class TaskSection:
-    # math | maze | puzzle | code | secret, a name an installed package registers (entry-point
-    # group rl2f.tasks), or the class: "package.module:Class" | "path/to/file.py:Class"
-    name: str = "math"
-    options: dict = dataclasses.field(default_factory=dict)  # passed to get_task(name, **options)
-    n_train: int = 256  # training problems drawn from the task's train split (at most MAX_PROBLEMS)
-    n_eval: int = 100  # held-out problems (test split, at most MAX_PROBLEMS)
-    seed: int = 0  # problem generation seed (>= 0)
+    name: str = _f("math", help='math | maze | puzzle | code | secret | jsonl | reasoning_gym, a name an installed package registers '
+                                '(entry-point group rl2f.tasks), or the class: "package.module:Class" | '
+                                '"path/to/file.py:Class"')
+    options: dict = _f(factory=dict, help="the task's options, passed to get_task(name, **options)")
+    n_train: int = _f(256, help=f"training problems drawn from the task's train split (at most {MAX_PROBLEMS:,})")
+    n_eval: int = _f(100, help=f"held-out problems (test split, at most {MAX_PROBLEMS:,})")
+    seed: int = _f(0, help="problem generation seed (>= 0); it also orders GRPO's stream of train problems")
 
     def __post_init__(self):
         # a task file by its absolute path: a resumed run, evaluate and generate find the same file
@@ -211,33 +224,41 @@ TEACHERS = ("programmatic", "llm", "retry", "placebo", "self")  # built in (rl2f
 
 @dataclasses.dataclass
 class RolloutSection:
-    engine: Literal["builtin", "vllm"] = "builtin"
-    group_size: int = 8  # G episodes per problem (GRPO group)
-    max_turns: int = 4  # T: student attempts per episode (1 = single-turn)
-    temperature: float = 1.0
-    top_p: float = 1.0
-    top_k: int | None = None  # tokens kept; None (the key left out) = off
-    max_new_tokens: int = 64  # per student attempt
-    # programmatic (the task's hints) | llm | retry ("incorrect, try again") | placebo (the hint
-    # format, no content) | self (the student critiques itself), or a teacher class of the
-    # user's: "package.module:Class" | "path/to/file.py:Class" | a name registered under the
-    # entry-point group rl2f.teachers (rl2f.teacher.GuardedTeacher: its messages are guarded)
-    teacher: str = "programmatic"
-    teacher_max_new_tokens: int = 64
-    leak_guard_tries: int = 3  # regenerations of a leaking LLM-teacher message before the fallback
-    leak_judge: bool = False  # LLM teacher: the base model also judges each draft the string checks pass
-    vllm_kv_cache_gib: float = 0.0  # vLLM KV cache in GiB; 0 = GPU: a share of its memory, CPU: VLLM_CPU_KVCACHE_SPACE or 2
-    vllm_gpu_memory_utilization: float = 0.45  # GPU: the share of each GPU vLLM reserves (weights + KV cache); the trainer gets the rest
-    vllm_sleep: bool = False  # GPU only: vLLM sleeps while the trainer trains (weights to host memory, KV cache freed)
-    problems_per_batch: int = 8  # problems rolled out together (x group_size episodes)
-    # A dialogue that outgrows the model's context: "skip" ends the episode before the turn that
-    # no longer fits (recorded as context_full, counted in the metrics) and skips a problem whose
-    # prompt alone cannot fit, naming it; "error" stops the run with the problem's id instead.
-    overlong: Literal["skip", "error"] = "skip"
-    # built-in engine: keys/values kept between an episode's turns (MB; 0 = off). Left out:
-    # sized from the model, what a batch's longest dialogues hold (rl2f.memory_plan)
-    prefix_cache_mb: int | None = None
-    seed: int = 0
+    engine: Literal["builtin", "vllm"] = _f(
+        "builtin", help="what samples the episodes: builtin (rl2f's engine, on the trainer's own weights) | "
+                        "vllm (a vLLM engine beside the trainer; needs the vllm package)")
+    group_size: int = _f(8, help="G episodes per problem (GRPO group)")
+    max_turns: int = _f(4, help="T: student attempts per episode (1 = single-turn)")
+    temperature: float = _f(1.0, help="the student's sampling temperature (0 = greedy)")
+    top_p: float = _f(1.0, help="nucleus sampling: the student samples from the most likely tokens that "
+                                "hold this much probability (1 = off)")
+    top_k: int | None = _f(None, help="tokens kept; None (the key left out) = off")
+    max_new_tokens: int = _f(64, help="most tokens per student attempt")
+    teacher: str = _f(
+        "programmatic",
+        help="programmatic (the task's hints) | llm | retry ('incorrect, try again') | placebo (the hint format, "
+             "no content) | self (the student critiques itself), or a teacher class of the user's: "
+             '"package.module:Class" | "path/to/file.py:Class" | a name registered under the entry-point group '
+             'rl2f.teachers (rl2f.teacher.GuardedTeacher: its messages are guarded)')
+    teacher_max_new_tokens: int = _f(64, help="most tokens per generated teacher message (llm and self teachers)")
+    leak_guard_tries: int = _f(3, help="regenerations of a leaking LLM-teacher message before the fallback")
+    leak_judge: bool = _f(False, help="LLM teacher: the base model also judges each draft the string checks pass")
+    vllm_kv_cache_gib: float = _f(0.0, help="vLLM KV cache in GiB; 0 = GPU: a share of its memory, "
+                                            "CPU: VLLM_CPU_KVCACHE_SPACE or 2")
+    vllm_gpu_memory_utilization: float = _f(0.45, help="GPU: the share of each GPU vLLM reserves (weights + KV "
+                                                       "cache); the trainer gets the rest")
+    vllm_sleep: bool = _f(False, help="GPU only: vLLM sleeps while the trainer trains (weights to host memory, "
+                                      "KV cache freed)")
+    problems_per_batch: int = _f(8, help="problems rolled out together (x group_size episodes)")
+    overlong: Literal["skip", "error"] = _f(
+        "skip", help="a dialogue that outgrows the model's context: skip ends the episode before the turn that "
+                     "no longer fits (recorded as context_full, counted in the metrics) and skips a problem whose "
+                     "prompt alone cannot fit, naming it; error stops the run with the problem's id instead")
+    prefix_cache_mb: int | None = _f(
+        None, help="built-in engine: keys/values kept between an episode's turns (MB; 0 = off). None (the key "
+                   "left out): sized from the model, what a batch's longest dialogues hold (rl2f.memory_plan)")
+    seed: int = _f(0, help="the student's sampling seed (each request's stream is keyed by it, the problem and "
+                           "its place in the data); also vLLM's engine seed")
 
     def __post_init__(self):
         if self.group_size < 1:
@@ -279,10 +300,12 @@ LORA_SHORT_TARGETS = {t.removesuffix("_proj"): t for t in LORA_TARGETS}
 
 @dataclasses.dataclass
 class LoRASection:
-    rank: int = 16
-    alpha: float = 32.0  # scale = alpha / rank; 0 would make every LoRA gradient exactly zero
-    dropout: float = 0.0
-    targets: list[str] = dataclasses.field(default_factory=lambda: list(LORA_TARGETS))
+    rank: int = _f(16, help="r: the rank of each adapter (lora_a is r x in, lora_b out x r)")
+    alpha: float = _f(32.0, help="scale = alpha / rank; 0 would make every LoRA gradient exactly zero")
+    dropout: float = _f(0.0, help="dropout on the adapter's input (as in PEFT), in [0, 1)")
+    targets: list[str] = _f(factory=lambda: list(LORA_TARGETS),
+                            help=f"the Linear layers LoRA wraps: {', '.join(LORA_TARGETS)} "
+                                 f"(or {', '.join(LORA_SHORT_TARGETS)})")
 
     def __post_init__(self):
         if self.rank < 1:
@@ -302,29 +325,29 @@ class LoRASection:
 
 @dataclasses.dataclass
 class TrainSection:
-    method: Literal["sft", "rlvr", "rl2f"] = "rl2f"  # rlvr forces rollout.max_turns = 1, no teacher
-    max_steps: int = 100  # optimiser steps
-    max_student_tokens: int = 0  # GRPO stops once this many student tokens were generated (0 = off)
-    lr: float = 1e-4
-    weight_decay: float = 0.0
-    warmup_steps: int = 0
-    min_lr_ratio: float = 0.1  # cosine schedule floor, as a fraction of lr, in [0, 1]
-    grad_accum: int = 1  # rollout/SFT batches per optimiser step
-    micro_batch: int = 8  # sequences per forward/backward
-    share_prefix: bool = True  # rows of a micro-batch that begin alike (a group's prompt) compute it once
-    max_grad_norm: float = 1.0  # clip the global gradient norm to this (0 = no clipping)
-    gamma: float = 0.7  # discount of rewards over turns (paper's companion: 0.7)
-    clip_low: float = 0.2  # ratio floor 1 - clip_low, in [0, 1)
-    clip_high: float = 0.28
-    beta: float = 0.0  # k3 KL to the adapter-off base (paper: 0)
-    std_normalize: bool = True  # divide group-centred advantages by the group std
-    drop_zero_variance: bool = True  # groups whose rewards are all equal carry no signal
-    critique_weight: float = 0.0  # likelihood weight on teacher turns (self-correction)
-    init_adapter: str = ""  # PEFT adapter to start from (e.g. an SFT warm start for GRPO); "" = fresh LoRA
-    sft_data: str = ""  # JSONL of dialogues for SFT ("" = generate from the task with its hints)
-    sft_epochs: int = 1
-    save_every: int = 0  # steps between checkpoints (0 = only at the end)
-    seed: int = 0
+    method: Literal["sft", "rlvr", "rl2f"] = _f("rl2f", help="rlvr forces rollout.max_turns = 1, no teacher")
+    max_steps: int = _f(100, help="optimiser steps")
+    max_student_tokens: int = _f(0, help="GRPO stops once this many student tokens were generated (0 = off)")
+    lr: float = _f(1e-4, help="AdamW's peak learning rate (after warmup, before the cosine decay)")
+    weight_decay: float = _f(0.0, help="AdamW's decoupled weight decay on the adapter")
+    warmup_steps: int = _f(0, help="steps of linear warmup to lr (0 = none)")
+    min_lr_ratio: float = _f(0.1, help="cosine schedule floor, as a fraction of lr, in [0, 1]")
+    grad_accum: int = _f(1, help="rollout/SFT batches per optimiser step")
+    micro_batch: int = _f(8, help="sequences per forward/backward")
+    share_prefix: bool = _f(True, help="rows of a micro-batch that begin alike (a group's prompt) compute it once")
+    max_grad_norm: float = _f(1.0, help="clip the global gradient norm to this (0 = no clipping)")
+    gamma: float = _f(0.7, help="discount of rewards over turns (paper's companion: 0.7)")
+    clip_low: float = _f(0.2, help="ratio floor 1 - clip_low, in [0, 1)")
+    clip_high: float = _f(0.28, help="ratio ceiling 1 + clip_high (DAPO's clip-higher when above clip_low)")
+    beta: float = _f(0.0, help="k3 KL to the adapter-off base (paper: 0)")
+    std_normalize: bool = _f(True, help="divide group-centred advantages by the group std")
+    drop_zero_variance: bool = _f(True, help="leave out groups whose rewards are all equal: they carry no signal")
+    critique_weight: float = _f(0.0, help="likelihood weight on teacher turns (self-correction)")
+    init_adapter: str = _f("", help='PEFT adapter to start from (e.g. an SFT warm start for GRPO); "" = fresh LoRA')
+    sft_data: str = _f("", help='JSONL of dialogues for SFT ("" = generate from the task with its hints)')
+    sft_epochs: int = _f(1, help="SFT: passes over the dialogues (train.max_steps still bounds the run)")
+    save_every: int = _f(0, help="steps between checkpoints (0 = only at the end)")
+    seed: int = _f(0, help="seeds the global RNGs (+ the rank), the fresh LoRA's init and SFT's data order")
 
     def __post_init__(self):
         if self.max_steps < 1:
@@ -349,15 +372,15 @@ class TrainSection:
 
 @dataclasses.dataclass
 class EvalSection:
-    max_turns: int = 5  # T for acc@1..T
-    temperature: float = 1.0  # sampling (greedy flatters an imitation base)
-    samples_per_problem: int = 1  # episodes per problem (pass@K uses max_turns samples)
-    # problems played together (x samples_per_problem rows, x K for pass@K): larger batches
-    # decode more tokens per second (benchmarks/results/eval_batch-cpu.json); the results do
-    # not depend on it (sampling is keyed by seed and problem)
-    batch_size: int = 32
-    bootstrap: int = 1000  # resamples for the 95% intervals (>= 100)
-    seed: int = 0
+    max_turns: int = _f(5, help="T for acc@1..T")
+    temperature: float = _f(1.0, help="sampling (greedy flatters an imitation base)")
+    samples_per_problem: int = _f(1, help="episodes per problem (pass@K uses max_turns samples)")
+    batch_size: int = _f(
+        64, help="problems played together (x samples_per_problem rows, x K for pass@K): larger batches decode "
+                 "more tokens per second (benchmarks/results/eval_batch-cpu.json); the results do not depend on it "
+                 "(sampling is keyed by seed and problem)")
+    bootstrap: int = _f(1000, help="resamples for the 95% intervals (>= 100)")
+    seed: int = _f(0, help="the evaluation's sampling seed (in place of rollout.seed) and its bootstrap resamples")
 
     def __post_init__(self):
         if self.max_turns < 1:
@@ -393,3 +416,79 @@ class RunConfig:
             raise ValueError(f"rollout.top_p = {r.top_p} / rollout.top_k = {r.top_k} with rollout.engine = 'vllm' "
                              "biases GRPO's ratio (vLLM's sampling log-probs are of the truncated distribution): "
                              "set rollout.top_p = 1.0 and leave rollout.top_k out")
+
+
+# ----------------------------------------------------------------------------------------
+# The config shown back (`rl2f config`): each field with its help, and a config as TOML.
+
+
+@dataclasses.dataclass(frozen=True)
+class FieldDoc:
+    key: str  # "section.key"
+    type: str  # "int", "int|None" (None: the key left out), "list[str]", "table", a Literal's choices "skip|error"
+    default: str  # the default as TOML; "(left out)" for None
+    help: str  # the field's metadata["help"]
+
+
+def field_docs(section: str | None = None) -> list[FieldDoc]:
+    """Every field of the run config (or of one section), in the order of this file."""
+    sections = get_type_hints(RunConfig)
+    if section is not None and section not in sections:
+        raise UserError(f"unknown config section '{section}' (sections: {', '.join(sections)})")
+    docs = []
+    for name, cls in sections.items():
+        if section not in (None, name):
+            continue
+        hints = get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            default = f.default_factory() if f.default is dataclasses.MISSING else f.default
+            docs.append(FieldDoc(f"{name}.{f.name}", _type_name(hints[f.name]),
+                                 "(left out)" if default is None else _toml_value(default), f.metadata["help"]))
+    return docs
+
+
+def _type_name(hint) -> str:
+    origin = get_origin(hint)
+    if origin is Literal:
+        return "|".join(get_args(hint))
+    if origin in (typing.Union, types.UnionType):
+        return "|".join(_type_name(arg) for arg in get_args(hint))
+    if origin is list:
+        return f"list[{_type_name(get_args(hint)[0])}]"
+    if hint is dict:
+        return "table"
+    return "None" if hint is type(None) else hint.__name__
+
+
+def to_toml(config: RunConfig) -> str:
+    """`config` as TOML that `load_config` reads back to an equal config: every field, one table
+    per section. A None field is left out, as TOML has no null: None is the default of each
+    field that can hold it ("None (the key left out)")."""
+    tables = []
+    for section, values in to_dict(config).items():
+        rows = [f"{key} = {_toml_value(value)}" for key, value in values.items() if value is not None]
+        tables.append("\n".join([f"[{section}]", *rows]))
+    return "\n\n".join(tables) + "\n"
+
+
+def _toml_value(value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)  # a float's repr keeps its '.' or exponent, so it reads back as a float, exactly
+    if isinstance(value, str):
+        # TOML's basic strings take JSON's escapes. Non-ASCII stays as it is (JSON's surrogate
+        # pairs, \ud83d\ude00, are invalid TOML), and DEL, which JSON leaves bare, TOML wants escaped.
+        return json.dumps(value, ensure_ascii=False).replace("\x7f", "\\u007f")
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):  # task.options: an inline table
+        items = [f"{_toml_key(k)} = {_toml_value(v)}" for k, v in value.items()]
+        return "{ " + ", ".join(items) + " }" if items else "{}"
+    if isinstance(value, (datetime.date, datetime.time)):  # a TOML date or time in task.options
+        return value.isoformat()
+    raise TypeError(f"no TOML form for {type(value).__name__} {value!r}")
+
+
+def _toml_key(key: str) -> str:
+    return key if re.fullmatch(r"[A-Za-z0-9_-]+", key) else _toml_value(key)

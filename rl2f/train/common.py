@@ -43,12 +43,14 @@ class NonFiniteError(UserError):
 
 
 def start_run(cfg: RunConfig, out_dir: str | Path, resume, d: Dist | None, task, init_adapter,
-              with_engine: bool = True):
+              with_engine: bool = True, dry_run: bool = False):
     """What every training loop does first: join the process group, check the run directory,
     read the checkpoint to resume (if any) and check the config against it, repair the
     metrics file to end at the checkpoint's step, seed, and build the run with the adapter to
     start from (the checkpoint's, else `init_adapter` / `train.init_adapter`, else a fresh
-    LoRA). Returns (out_dir, d, checkpoint dir or None, trainer state or None, run)."""
+    LoRA). `dry_run` (`rl2f train --dry-run`) checks the run directory but writes nothing,
+    not even the directory. Returns (out_dir, d, checkpoint dir or None, trainer state or
+    None, run)."""
     out_dir = Path(out_dir)
     ckpt = find_checkpoint(resume) if resume else None
     state = load_trainer_state(ckpt) if ckpt else None
@@ -60,11 +62,11 @@ def start_run(cfg: RunConfig, out_dir: str | Path, resume, d: Dist | None, task,
     # otherwise meet a half-written marker, and rank 0 a peer's write probe ("holds files rl2f
     # did not write").
     if d.is_main:
-        check_out_dir(out_dir, resuming=ckpt is not None)
+        check_out_dir(out_dir, resuming=ckpt is not None, write=not dry_run)
     barrier(d)
     if not d.is_main:
-        check_out_dir(out_dir, resuming=ckpt is not None, is_main=False)
-    if ckpt is not None and d.is_main:
+        check_out_dir(out_dir, resuming=ckpt is not None, is_main=False, write=not dry_run)
+    if ckpt is not None and d.is_main and not dry_run:
         Metrics.resume(out_dir / "metrics.jsonl", state["step"], state.get("metrics_row"))
     seed_everything(cfg.train.seed + d.rank)  # a resume then restores the saved RNG states
     init = init_adapter or cfg.train.init_adapter or None
@@ -78,21 +80,25 @@ TRAIN_OUTPUTS = ("checkpoints", "metrics.jsonl", "metrics.jsonl.tmp", "adapters"
                  "sft-dialogues.tmp")
 
 
-def check_out_dir(out_dir: Path, resuming: bool, is_main: bool = True) -> None:
+def check_out_dir(out_dir: Path, resuming: bool, is_main: bool = True, write: bool = True) -> None:
     """A fresh run never mixes with an old one's checkpoints, metrics or dialogues, never
     deletes or overwrites a file rl2f did not write (`rl2f.outputs.claim_dir`: a non-empty
     directory that is not an rl2f train run is refused), has the directory to itself (a
     second process writing there is refused), and the directory must be writable before any
     work is done. A run directory whose run stopped before its first checkpoint was complete
-    holds nothing to resume: a fresh run clears rl2f's own entries in it."""
+    holds nothing to resume: a fresh run clears rl2f's own entries in it. `write=False` (a dry
+    run) only checks: nothing is locked, cleared or created."""
     # a run written before run directories were marked is recognised by its checkpoints
-    claim_dir(out_dir, "train", lock_it=is_main, adopt=bool(out_dir.is_dir() and complete_checkpoints(out_dir)))
+    claim_dir(out_dir, "train", lock_it=is_main and write,
+              adopt=bool(out_dir.is_dir() and complete_checkpoints(out_dir)))
     if not resuming:
         if complete_checkpoints(out_dir):
             raise UserError(f"--out {out_dir}: holds a previous run; continue it with --resume {out_dir} "
                             "or choose another --out")
-        if is_main:  # one rank clears; the others only check
+        if is_main and write:  # one rank clears; the others only check
             remove_own(out_dir, TRAIN_OUTPUTS)
+    if not write:
+        return
     probe = out_dir / f".write-test-{os.getpid()}"
     try:
         out_dir.mkdir(parents=True, exist_ok=True)

@@ -337,19 +337,24 @@ def test_missing_package_is_one_line_with_the_install_command(monkeypatch):
 # From the command line
 
 
+@pytest.mark.parametrize("model", ["tiny", "smollm2"])
 @pytest.mark.parametrize("dataset", ["maze", "countdown"])
-def test_cli_evaluates_the_tiny_model_on_a_dataset(tasks, tmp_path, monkeypatch, dataset):
-    """`rl2f evaluate` of the embedded tiny model (model.path empty) with the hint and the
-    retry teachers, two problems, two turns: it writes its report with both controls, and the
-    hint teacher's messages are the task's hints, none flagged by the leak guard."""
+def test_cli_evaluates_a_model_on_a_dataset(tasks, tmp_path, monkeypatch, dataset, model, request):
+    """`rl2f evaluate` of the embedded tiny model (model.path empty) and of the fetched
+    SmolLM2-135M-Instruct with the hint and the retry teachers, two problems, two turns: it
+    writes its report with both controls, and the hint teacher's messages are the task's
+    hints, none flagged by the leak guard."""
     from click.testing import CliRunner
 
     from rl2f.cli.main import cli
     from rl2f.leak_guard import GENERIC_HINT
 
+    smollm2 = request.getfixturevalue("smollm2_dir") if model == "smollm2" else None  # before RL2F_CACHE moves
     monkeypatch.setenv("RL2F_CACHE", str(tmp_path / "cache"))  # the tiny checkpoint is built there
     sets = ["task.name=reasoning_gym", f'task.options={{dataset = "{dataset}"}}', "rollout.max_new_tokens=8",
             "rollout.teacher_max_new_tokens=4"]
+    if model == "smollm2":
+        sets += [f'model.path="{smollm2}"', "rollout.max_new_tokens=32"]
     out = tmp_path / "ev"
     r = CliRunner().invoke(cli, ["evaluate", *[a for s in sets for a in ("--set", s)], "--controls", "hints,retry",
                                  "--problems", "2", "--turns", "2", "--pass-at-k", "0", "--save-episodes",
