@@ -348,6 +348,12 @@ class TrainSection:
     sft_epochs: int = _f(1, help="SFT: passes over the dialogues (train.max_steps still bounds the run)")
     save_every: int = _f(0, help="steps between checkpoints (0 = only at the end)")
     seed: int = _f(0, help="seeds the global RNGs (+ the rank), the fresh LoRA's init and SFT's data order")
+    eval_every: int = _f(0, help="GRPO: every N steps, play train.eval_problems held-out problems (the task's "
+                                 "test split) with the training teacher and append acc@t, correction rate, "
+                                 "plasticity and leak rate to OUT/eval.jsonl (0 = off)")
+    eval_problems: int = _f(16, help="held-out problems each evaluation during training plays (one episode each)")
+    eval_best: str = _f("acc@T", help='the eval.jsonl metric whose best value keeps its adapter in '
+                                     'OUT/best-adapter: "acc@T" (the last turn), "acc@<t>" or "correction_rate"')
 
     def __post_init__(self):
         if self.max_steps < 1:
@@ -368,6 +374,12 @@ class TrainSection:
             raise ValueError(f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
         if self.clip_low >= 1:
             raise ValueError(f"clip_low must be < 1 (the ratio floor is 1 - clip_low), got {self.clip_low}")
+        if self.eval_every < 0:
+            raise ValueError(f"eval_every must be >= 0, got {self.eval_every}")
+        if not 1 <= self.eval_problems <= MAX_PROBLEMS:
+            raise ValueError(f"eval_problems must be in 1..{MAX_PROBLEMS:,}, got {self.eval_problems}")
+        if not re.fullmatch(r"acc@(T|[1-9]\d*)|correction_rate", self.eval_best):
+            raise ValueError(f'eval_best must be "acc@T", "acc@<t>" or "correction_rate", got {self.eval_best!r}')
 
 
 @dataclasses.dataclass

@@ -129,6 +129,12 @@ def episode_runner(run: Run, teacher: str, max_turns: int, rollout: RolloutSecti
                          max_len=config.max_position_embeddings, overlong=rollout.overlong)
 
 
+def eval_rollout(cfg: RunConfig) -> RolloutSection:
+    """The rollout table with eval's temperature and seed: how every evaluated student samples
+    (`rl2f evaluate`, and the evaluation during training)."""
+    return dataclasses.replace(cfg.rollout, temperature=cfg.eval.temperature, seed=cfg.eval.seed)
+
+
 def training_runner(run: Run) -> EpisodeRunner:
     """RLVR is the same loop with single-turn episodes and no teacher."""
     max_turns = 1 if run.cfg.train.method == "rlvr" else run.cfg.rollout.max_turns

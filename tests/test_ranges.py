@@ -26,13 +26,13 @@ OUT_OF_RANGE = {
     "train.warmup_steps": -1, "train.min_lr_ratio": -5.0, "train.grad_accum": 0, "train.micro_batch": 0,
     "train.max_grad_norm": -1.0, "train.gamma": 1.5, "train.clip_low": 5.0, "train.clip_high": -1.0,
     "train.beta": -1.0, "train.critique_weight": -1.0, "train.sft_epochs": 0, "train.save_every": -1,
-    "train.seed": -1,
+    "train.seed": -1, "train.eval_every": -1, "train.eval_problems": 0,
     "eval.max_turns": 0, "eval.temperature": -1.0, "eval.samples_per_problem": 0, "eval.batch_size": 0,
     "eval.bootstrap": 0, "eval.seed": -1,
 }
 # a second bad value where the range has two ends
 ABOVE = {"train.min_lr_ratio": 40.0, "rollout.top_p": 0.0, "lora.dropout": -0.1, "train.gamma": -0.1,
-         "rollout.vllm_gpu_memory_utilization": 0.0, "eval.batch_size": 5000}
+         "rollout.vllm_gpu_memory_utilization": 0.0, "eval.batch_size": 5000, "train.eval_problems": 10**6}
 
 
 def numeric_fields(cls=RunConfig, prefix=""):

@@ -34,13 +34,13 @@ from typing import Callable
 
 import numpy as np
 
-from rl2f.config import RolloutSection, RunConfig, to_dict
+from rl2f.config import RunConfig, to_dict
 from rl2f.distributed import init_distributed
 from rl2f.episodes import Episode, read_episodes
 from rl2f.errors import UserError
 from rl2f.eval.metrics import (acc_at, bootstrap_indices, mean_ci, metrics_with_ci, pass_at_k_values,
                                problem_table)
-from rl2f.run import build_inference_run, episode_runner
+from rl2f.run import build_inference_run, episode_runner, eval_rollout
 from rl2f.tasks import get_task
 from rl2f.tasks.base import Problem, Task, Verdict
 
@@ -86,11 +86,6 @@ def resolve_problems(cfg: RunConfig, problems=None) -> list[tuple[Task, list[Pro
             dup = next(i for i in ids if ids.count(i) > 1)
             raise UserError(f"task '{task.name}': problem id {dup!r} appears twice; ids must be unique")
     return sets
-
-
-def eval_rollout(cfg: RunConfig) -> RolloutSection:
-    """The rollout table with eval's temperature and seed: how every evaluated student samples."""
-    return dataclasses.replace(cfg.rollout, temperature=cfg.eval.temperature, seed=cfg.eval.seed)
 
 
 # ----------------------------------------------------------------------------------------

@@ -77,7 +77,7 @@ def start_run(cfg: RunConfig, out_dir: str | Path, resume, d: Dist | None, task,
 # What `rl2f train` writes in its --out: a fresh run in a directory of an earlier one that
 # never completed a checkpoint removes these, and nothing else (rl2f.outputs).
 TRAIN_OUTPUTS = ("checkpoints", "metrics.jsonl", "metrics.jsonl.tmp", "adapters", "sft-dialogues.jsonl",
-                 "sft-dialogues.tmp")
+                 "sft-dialogues.tmp", "eval.jsonl", "eval.jsonl.tmp", "best-adapter")
 
 
 def check_out_dir(out_dir: Path, resuming: bool, is_main: bool = True, write: bool = True) -> None:
@@ -277,10 +277,11 @@ class Loop:
         return self.last_checkpoint
 
     def run_steps(self, total_steps: int, step: Callable[[], dict], summary: Callable[[dict], str],
-                  done: Callable[[], bool] = lambda: False) -> dict:
+                  done: Callable[[], bool] = lambda: False, after: Callable[[dict], None] | None = None) -> dict:
         """Call `step()` (one optimiser step; returns its metrics) until `total_steps` steps or
-        `done()`; checkpoint every `save_every` steps and at the end; one metrics row per step.
-        Returns the last row."""
+        `done()`; checkpoint every `save_every` steps and at the end; one metrics row per step;
+        then `after(row)` (evaluation during training: outside the step's timing). Returns the
+        last row."""
         record: dict = {}
         with Progress("train", total_steps, self.step, enabled=self.dist.is_main) as bar:
             while self.step < total_steps and not done():
@@ -298,6 +299,8 @@ class Loop:
                 if final or (save_every and self.step % save_every == 0):
                     record["checkpoint"] = self.save(metrics_row=record)
                 self.metrics.write(record)
+                if after is not None:
+                    after(record)
                 bar.update(1, summary(record))
         return record
 

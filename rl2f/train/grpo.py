@@ -64,6 +64,7 @@ from rl2f.roles import Role
 from rl2f.run import Run, training_runner
 from rl2f.train.batch import TrainSequence, collate, forward_hidden, gather_logprobs, length_buckets
 from rl2f.train.common import EpochStream, Loop, Sums, Timer, train_problems
+from rl2f.train.heldout import HeldOut
 from rl2f.train.losses import grpo_loss, group_advantages, nll_loss, token_targets
 
 
@@ -346,5 +347,7 @@ def train_grpo(cfg: RunConfig, out_dir: str | Path, resume: str | Path | None = 
         return step_record(stats, losses, ratios, cfg, lr, grad_norm, not has_loss, rollout_s, n_problems)
 
     hand_off(run, loop.step, loop.out_dir)  # the adapter version is the number of optimiser steps taken
-    return loop.run_steps(t.max_steps, step, done=budget_spent,
+    held_out = HeldOut(run, runner.max_turns, loop.out_dir, loop.step if resume else None, t.max_steps) \
+        if t.eval_every else None
+    return loop.run_steps(t.max_steps, step, done=budget_spent, after=held_out,
                           summary=lambda r: step_summary(r, runner.max_turns))
