@@ -161,3 +161,42 @@ def test_cli_errors_are_one_line():
 def test_model_config_for_refuses_a_missing_checkpoint():
     with pytest.raises(UserError, match="plan-memory --model-config"):
         model_config_for(_config('model.path="/nowhere/model"'))
+
+
+def test_prefix_cache_follows_the_model_unless_set():
+    """rollout.prefix_cache_mb left out: the built-in engine keeps what the larger batch's
+    longest dialogues hold in this model's keys/values, counted by hand here; set, it is the
+    MB given. SmolLM2-135M (30 layers, 3 KV heads of 64, fp32) holds 46,080 bytes a token, the
+    2-layer tiny model far fewer: one fixed 256 MB fitted the tiny model's batch only."""
+    from rl2f.memory_plan import prefix_cache_bytes
+    from rl2f.model.config import ModelConfig
+
+    smollm2 = ModelConfig(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
+                          num_attention_heads=9, num_key_value_heads=3, head_dim=64, family="llama",
+                          rms_norm_eps=1e-5, tie_word_embeddings=True)
+    cfg = _config("rollout.problems_per_batch=2", "rollout.group_size=8", "eval.batch_size=32",
+                  "eval.samples_per_problem=1")
+    r = cfg.rollout
+    dialogue = Shapes.worst_case(cfg).context_tokens  # the longest dialogue the plan assumes
+    # a 256-token prompt, then every turn at its longest with 16 template tokens a message
+    assert dialogue == 256 + r.max_turns * (r.max_new_tokens + 16) + (r.max_turns - 1) * (r.teacher_max_new_tokens + 16)
+    rows = max(2 * 8, 32 * 1)  # the evaluation's batch is the larger here
+    assert prefix_cache_bytes(cfg, smollm2) == rows * dialogue * 2 * 30 * 3 * 64 * 4
+    assert prefix_cache_bytes(_config("rollout.prefix_cache_mb=100"), smollm2) == 100 << 20
+    assert prefix_cache_bytes(_config("rollout.prefix_cache_mb=0"), smollm2) == 0
+
+
+def test_the_builtin_engine_gets_that_prefix_cache(tmp_path, monkeypatch):
+    """What `build_inference_run` hands the built-in engine is `prefix_cache_bytes` of the
+    loaded model's config (left out), or the MB set."""
+    from rl2f.distributed import Dist
+    from rl2f.memory_plan import prefix_cache_bytes
+    from rl2f.run import build_inference_run
+
+    monkeypatch.setenv("RL2F_CACHE", str(tmp_path))  # the embedded tiny checkpoint is built there
+    for overrides in ((), ("rollout.prefix_cache_mb=3",)):
+        cfg = load_config(RunConfig, None, list(overrides))
+        run = build_inference_run(cfg, Dist())
+        budget = run.engine.prefix_cache.budget_bytes
+        assert budget == prefix_cache_bytes(cfg, run.model.config) == (3 << 20 if overrides else budget)
+        assert overrides or budget != 256 << 20

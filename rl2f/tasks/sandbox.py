@@ -15,21 +15,29 @@ pipe that only the caller can write to, and asks for SIGTERM when the caller die
 deadline, the output cap) or when the caller dies (even by SIGKILL), the keeper SIGKILLs the
 student and every process left in its group, its session or among its children, deletes the
 directory and reports the student's wait status on a status pipe the student never holds.
+The caller and the keeper both hold a shared flock on the directory: one that nobody locks
+was left by a caller and a keeper both killed (SIGKILL, the OOM killer), and the next start
+of a sandbox deletes it.
 
 Three layers; what each holds against **alone** (the tests in tests/tasks/test_sandbox.py
 run each class of hostile program with every layer, with the hook alone, with the kernel
 guards alone and with each single guard listed as holding alone):
 
 - process (always on): the wall-clock deadline, capped output, a scrubbed environment, the
-  working directory deleted afterwards, rlimits set by the student before any untrusted code
-  (CPU seconds, one more as pid 1 of a pid namespace, which ignores SIGXCPU; address space,
-  file size, open files, processes, no core dumps, no lowering of the nice value and no
-  real-time priority without CAP_SYS_NICE), the keeper above, and the student's own
-  parent-death signal (SIGKILL when the keeper dies). Holds against: infinite loops, memory
-  bombs, output floods, descendants (wherever their session), a caller killed by SIGKILL.
-  Partial: code that kills the keeper leaves the caller to kill the process group, so a
-  descendant that left it survives (the pid namespace below holds there); the nice and
-  real-time rlimits bind only code without CAP_SYS_NICE (a root caller's, before `creds`).
+  working directory deleted afterwards (or swept, above), rlimits set by the student before
+  any untrusted code (CPU seconds, one more as pid 1 of a pid namespace, which ignores
+  SIGXCPU; address space, file size, open files, processes and threads, no core dumps, no
+  lowering of the nice value and no real-time priority without CAP_SYS_NICE), the keeper
+  above, and the student's own parent-death signal (SIGKILL when the keeper dies). Holds
+  against: infinite loops, memory bombs, output floods, descendants (wherever their
+  session), a caller killed by SIGKILL, a caller and keeper killed together (their
+  directory). Partial: code that kills the keeper leaves the caller to kill the process
+  group, so a descendant that left it survives (the pid namespace below holds there); the
+  nice and real-time rlimits bind only code without CAP_SYS_NICE (a root caller's, before
+  `creds`); RLIMIT_NPROC never binds uid 0, so a student left as uid 0 (no uid of its own,
+  below) is bounded in threads only by the address space and the hook; RLIMIT_AS does not
+  count memory that is not mapped (memfd, shared memory, pipe buffers, files on a tmpfs),
+  which seccomp, mount-ns and the hook bound below.
 - kernel guards (`kernel_guards=True`, or a subset of `GUARDS`), each best effort: skipped
   where the kernel or the privileges do not allow it, and `SandboxResult.guards` lists the
   ones that were active. A caller without CAP_SYS_ADMIN (any user but root) first enters a
@@ -41,18 +49,32 @@ guards alone and with each single guard listed as holding alone):
     it ignores signals it has no handler for, even from itself.
   - uts-ns, ipc-ns, net-ns: its own host name, System V IPC and POSIX message queues, and
     network (no interface but a down loopback).
+  - mount-ns: the student's root is an empty read-only tmpfs that holds, at their own
+    paths, only the Python library and system library folders and a few files (read-only)
+    and the working directory: a tmpfs of its own with a copy of the caller's files and room
+    for `fsize_mb` more, gone with the student. No other host path exists for it (os.stat
+    on the home folder, the repository or /etc/shadow fails as on a missing path; /proc,
+    /sys, /dev/shm and the host's Unix sockets are absent), what it writes never reaches
+    the host's disk, and, its folders being searchable by anyone, a root caller's student
+    can get a uid of its own (creds). Partial: alone, a student that keeps CAP_SYS_ADMIN
+    (no creds, no seccomp) could mount a /proc and, without pid-ns, reach the host's root
+    through it.
   - creds: no capability left (bounding, ambient, effective, permitted, inheritable sets)
     and no_new_privs; for a root caller whose interpreter and temporary directory other
-    users can reach, also a uid of its own ("unprivileged-uid"). Holds against: real-time
+    users can reach (always so under mount-ns), also a uid of its own ("unprivileged-uid"),
+    which RLIMIT_NPROC then binds to `max_procs` threads. Holds against: real-time
     policies, a negative nice, sethostname, chown to another user, raising rlimits. Partial:
     as the caller's own uid it may still change files that uid owns and raise the nice
     value of that uid's processes (seccomp and pid-ns hold there).
   - landlock: writes only under the working directory, reads only under the Python library
     and system library folders (so no /proc/<pid>/environ), no TCP (ABI 4), no signals to
     or abstract unix sockets of processes outside the sandbox (ABI 6).
-  - seccomp (x86_64): no fork, vfork, exec, or non-thread clone; sockets only AF_UNIX, no
-    connect, bind or listen; no ptrace or cross-process memory access; kill, tgkill and
-    sigqueue only to itself, no pidfds; setpriority and sched_setaffinity only on itself
+  - seccomp (x86_64): no fork, vfork, exec, or non-thread clone; no socket(2), connect,
+    bind or listen, and socketpair only AF_UNIX SOCK_STREAM (a datagram socket, even a
+    connected one, can sendto any socket path: the host's /dev/log, say); no memfd_create,
+    System V IPC, POSIX message queues or F_SETPIPE_SZ (memory that RLIMIT_AS does not
+    count); no ptrace or cross-process memory access; kill, tgkill
+    and sigqueue only to itself, no pidfds; setpriority and sched_setaffinity only on itself
     (and never a negative nice), no sched_setscheduler/setparam/setattr or ioprio_set; no
     chmod, chown, utime or xattr changes anywhere; no setsid/setpgid; no rlimit raising; no
     namespace, mount, host name, clock, module, keyring, io_uring or bpf calls.
@@ -62,18 +84,31 @@ guards alone and with each single guard listed as holding alone):
   changes outside the working directory, reads outside the allowed folders, symlinks and
   hard links, signalling other processes (kill, killpg, pidfd), setpriority/
   sched_setaffinity on other processes, lowering the nice value, sched_setscheduler,
-  sethostname, raising rlimits, heap walking via gc, and the native modules that do their
-  own I/O or reach other processes (ctypes, _posixsubprocess, posix, SQLite, readline, dbm,
-  POSIX shared memory, syslog, CPython's test modules). Partial: it is not a security
-  boundary; code that deletes the entries it finds in sys.modules or rebuilds a native
-  module through importlib internals gets the modules and the unpatched functions back.
-  Refusals raise PermissionError (ImportError for modules), so they read as ordinary
-  failures of the student's code.
+  sethostname, raising rlimits, heap walking via gc, memfd_create and growing pipes, a
+  thread beyond `max_procs` (RuntimeError, as from the kernel), path queries outside the
+  allowed folders (os.stat, lstat, access, readlink, statvfs, pathconf, chdir, xattrs, and
+  through them os.path and pathlib: PermissionError whether the path exists or not), and
+  the native modules that do their own I/O or reach other processes (ctypes,
+  _posixsubprocess, posix, SQLite, readline, dbm, POSIX shared memory, syslog, CPython's
+  test modules). Partial: it is not a security boundary; code that deletes the entries it
+  finds in sys.modules or rebuilds a native module through importlib internals gets the
+  modules and the unpatched functions back. Refusals raise PermissionError (ImportError for
+  modules), so they read as ordinary failures of the student's code.
+
+Memory that RLIMIT_AS does not count and the student can still hold: what it writes in its
+working directory, at most `fsize_mb` under mount-ns (elsewhere it is memory only where the
+host's temporary folder is a tmpfs: `fsize_mb` per file, `max_write_opens` files through the
+hook, unbounded with the kernel guards alone), pipe and socket buffers at their default
+sizes (64 KiB a pipe, `net.core.wmem_default` a socket, for 64 open files and as many in
+flight over a socketpair) and the kernel's own objects. A memory cgroup would bound the
+total; rl2f does not make one.
 """
 from __future__ import annotations
 
+import fcntl
 import json
 import os
+import re
 import selectors
 import shutil
 import signal
@@ -85,13 +120,15 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from rl2f.tasks.sandbox_prelude import GUARDS, group_members, kill_leftovers
+from rl2f.tasks.sandbox_prelude import _UID_BASE, GUARDS, group_members, kill_leftovers
 
 __all__ = ["GUARDS", "SandboxResult", "group_members", "run_untrusted"]
 
 # Read once; passed with -c, so nothing on disk that the student could edit is executed.
 _PRELUDE = Path(__file__).with_name("sandbox_prelude.py").read_text(encoding="utf-8")
 _ENV = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"}  # nothing else from the parent
+# tempfile.mkdtemp's names: the sweep removes no folder that another program made
+_WORKDIR = re.compile(r"rl2f-sandbox-[a-z0-9_]{8}")
 
 
 @dataclass
@@ -124,18 +161,22 @@ def run_untrusted(
     """Run `code` as the main script of a fresh sandboxed Python; see the module docstring.
 
     files: extra files (name -> text) placed in the working directory beside main.py.
-    max_procs: RLIMIT_NPROC. It counts every process of the user and root ignores it, which
-        is why forks are also refused by seccomp and the audit hook.
+    max_procs: RLIMIT_NPROC. It counts every process and thread of the user and uid 0
+        ignores it, which is why forks are also refused by seccomp and the audit hook, and
+        threads beyond it by the hook.
+    fsize_mb: the largest file the student may write (RLIMIT_FSIZE) and, under mount-ns,
+        all it may write in its working directory together.
     kernel_guards: True (all of GUARDS), False (none), or the names of the guards to try.
     audit_hook: False switches the hook off, for tests that check the other layers alone.
     """
-    tmp = proc = lifeline = status_r = None
+    tmp = lock = proc = lifeline = status_r = None
     try:
         guards = (GUARDS if kernel_guards is True else () if kernel_guards is False
                   else tuple(kernel_guards))
         if set(guards) - set(GUARDS):
             raise ValueError(f"unknown kernel guards {sorted(set(guards) - set(GUARDS))}")
-        tmp = os.path.realpath(tempfile.mkdtemp(prefix="rl2f-sandbox-"))
+        _sweep(tempfile.gettempdir())
+        tmp, lock = _workdir()
         with open(os.path.join(tmp, "main.py"), "w", encoding="utf-8") as f:
             f.write(code)
         for name, text in (files or {}).items():
@@ -151,6 +192,7 @@ def run_untrusted(
             "caller": os.getpid(),
             "lifeline": lifeline_r,
             "status": status_w,
+            "lock": lock,
             "guards": list(guards),
             "cpu_s": max(1, int(cpu_s)),
             "memory_mb": int(memory_mb),
@@ -171,7 +213,7 @@ def run_untrusted(
                 env=dict(_ENV),
                 start_new_session=True,  # its own process group, killed as a whole at the end
                 close_fds=True,
-                pass_fds=(lifeline_r, status_w),
+                pass_fds=(lifeline_r, status_w, lock),
             )
         finally:
             os.close(lifeline_r)
@@ -197,6 +239,46 @@ def run_untrusted(
                     pass
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)  # the keeper's job, unless it was killed
+        if lock is not None:
+            os.close(lock)
+
+
+def _workdir() -> tuple[str, int]:
+    """A fresh working directory and an fd that holds a shared flock on it: the caller and the
+    keeper keep it, so the lock lasts while either lives, and a folder that nobody locks
+    was left by a caller and a keeper both killed (SIGKILL, the OOM killer) before they
+    could delete it."""
+    while True:
+        tmp = os.path.realpath(tempfile.mkdtemp(prefix="rl2f-sandbox-"))
+        fd = os.open(tmp, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        fcntl.flock(fd, fcntl.LOCK_SH)  # waits out a sweep that took it in between
+        if os.fstat(fd).st_nlink:  # not swept meanwhile
+            return tmp, fd
+        os.close(fd)
+
+
+def _sweep(parent: str) -> None:
+    """Delete the working directories in `parent` that no live caller or keeper holds (see
+    _workdir): made by this user, or by a student's own uid when the caller is root."""
+    me = os.geteuid()
+    try:
+        entries = [e for e in os.scandir(parent) if _WORKDIR.fullmatch(e.name)]
+    except OSError:
+        return
+    for entry in entries:
+        try:
+            fd = os.open(entry.path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError:
+            continue
+        try:
+            uid = os.fstat(fd).st_uid
+            if uid == me or (me == 0 and uid >= _UID_BASE):
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # BlockingIOError: in use
+                shutil.rmtree(entry.path, ignore_errors=True)
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
 
 
 def _communicate(proc, lifeline: int, status_r: int, data: bytes, timeout_s: float,

@@ -3,15 +3,17 @@
 rl2f/tasks/sandbox.py reads this file as text and runs it as `python -I -S -B -c <text>
 <config JSON>` (nothing on disk that the student could edit is executed), so it must stay
 self-contained: standard library only, since `-I -S` sees no site-packages. The trainer
-imports it only for `GUARDS`, `group_members` and `kill_leftovers`, which both sides use.
+imports it only for `GUARDS`, `group_members`, `kill_leftovers` and `_UID_BASE`, which both
+sides use.
 
 Run as a program it is the keeper: it unshares the namespaces, forks the student, watches
 both the student and the caller (a lifeline pipe whose write end only the caller holds, plus
 a parent-death signal), and whichever ends first, kills the student, everything in its
 process group and session and every orphan it adopted as a child subreaper, deletes the
-working directory and reports the student's wait status to the caller on the status pipe.
-The forked student sets its limits and guards, reports which guards are active, and then
-runs main.py as `__main__`. rl2f/tasks/sandbox.py's docstring
+working directory and reports the student's wait status to the caller on the status pipe;
+it holds the caller's flock on the working directory until it exits. The forked student
+makes its private root (mount-ns), sets its limits and guards, reports which guards are
+active, and then runs main.py as `__main__`. rl2f/tasks/sandbox.py's docstring
 says what each layer holds against.
 """
 import builtins
@@ -28,10 +30,18 @@ import time
 import types
 
 # Kernel guards that can be switched on one by one (rl2f.tasks.sandbox: `kernel_guards`).
-GUARDS = ("pid-ns", "uts-ns", "ipc-ns", "net-ns", "creds", "landlock", "seccomp")
+GUARDS = ("pid-ns", "uts-ns", "ipc-ns", "net-ns", "mount-ns", "creds", "landlock", "seccomp")
+# the namespaces the keeper enters (the student's children are born in the pid namespace);
+# the student makes its mount namespace itself, so that the keeper keeps the host's view
 _CLONE = {"pid-ns": 0x20000000, "uts-ns": 0x04000000, "ipc-ns": 0x08000000,
           "net-ns": 0x40000000}
-_CLONE_NEWUSER = 0x10000000
+_CLONE_NEWUSER, _CLONE_NEWNS = 0x10000000, 0x00020000
+_MS_RDONLY, _MS_NOSUID, _MS_NODEV, _MS_REMOUNT = 1, 2, 4, 32
+_MS_BIND, _MS_REC, _MS_PRIVATE, _MNT_DETACH = 4096, 16384, 1 << 18, 2
+_PIVOT_ROOT = {"x86_64": 155, "aarch64": 41}  # syscall numbers; glibc has no wrapper
+# files (besides the folders of `_readable`) the private root holds, at these paths
+_ROOT_FILES = ("/etc/ld.so.cache", "/etc/localtime", "/dev/null", "/dev/urandom",
+               "/dev/random", "/dev/zero")
 _PR_SET_PDEATHSIG, _PR_SET_NO_NEW_PRIVS, _PR_CAPBSET_DROP = 1, 38, 24
 _PR_SET_CHILD_SUBREAPER = 36
 _PR_CAP_AMBIENT, _PR_CAP_AMBIENT_CLEAR_ALL = 47, 4
@@ -130,7 +140,7 @@ def main() -> tuple:
             try:  # never fall through into the keeper's cleanup below
                 signal.set_wakeup_fd(-1)
                 signal.signal(signal.SIGTERM, signal.SIG_DFL)
-                for fd in (report_r, wake_r, wake_w, cfg["lifeline"], cfg["status"]):
+                for fd in (report_r, wake_r, wake_w, cfg["lifeline"], cfg["status"], cfg["lock"]):
                     os.close(fd)
                 return _student(cfg, libc, ctypes, report_w, keeper, "pid-ns" in status["guards"])
             except BaseException as e:
@@ -172,10 +182,13 @@ def _unshare(libc, wanted) -> list[str]:
     Without CAP_SYS_ADMIN (not root, or root in a restricted container) they go through a
     user namespace first, where the kernel lets anyone create one; it maps only the keeper's
     own uid and gid."""
+    private_root = "mount-ns" in wanted
     wanted = [name for name in _CLONE if name in wanted]
-    if libc is None or not wanted:
+    if libc is None or not (wanted or private_root):
         return []
-    if os.geteuid() == 0 and libc.unshare(_CLONE[wanted[0]]) == 0:
+    # probe for CAP_SYS_ADMIN with the first unshare; a mount namespace of the keeper's own
+    # changes nothing for it (the student makes another one below it)
+    if os.geteuid() == 0 and libc.unshare(_CLONE[wanted[0]] if wanted else _CLONE_NEWNS) == 0:
         active = wanted[:1]
     else:
         active = ["user-ns"] if _enter_user_ns(libc) else []
@@ -262,6 +275,12 @@ def _student(cfg, libc, ctypes, report, keeper, in_pid_ns):
     with open(main_file, "rb") as f:
         source = f.read()
     read_roots, read_files = _readable()
+    # before creds, which drop CAP_SYS_ADMIN (and it may make a uid of its own possible), and
+    # before the file-size limit, which the copies of the caller's files must not meet
+    mount_ns = []
+    if libc is not None and "mount-ns" in cfg["guards"] and _private_root(
+            libc, ctypes, tmp, read_roots, cfg["fsize_mb"] << 20):
+        mount_ns.append("mount-ns")
 
     # rlimits first: seccomp below refuses setrlimit/prlimit64 with a new limit.
     R = resource
@@ -288,7 +307,7 @@ def _student(cfg, libc, ctypes, report, keeper, in_pid_ns):
         sys.stderr.write(f"sandbox: cannot set resource limits: {e!r}\n")
         os._exit(70)
 
-    guards, active, nnp = set(cfg["guards"]), [], False
+    guards, active, nnp = set(cfg["guards"]), mount_ns, False
     if libc is not None:
         if "creds" in guards:
             active += _drop_privileges(libc, ctypes, tmp, keeper)
@@ -312,7 +331,7 @@ def _student(cfg, libc, ctypes, report, keeper, in_pid_ns):
     gc.collect()
 
     if cfg["audit_hook"]:
-        _install_hook(tmp, read_roots, read_files, cfg["max_write_opens"])
+        _install_hook(tmp, read_roots, read_files, cfg["max_write_opens"], cfg["nproc"])
 
     main = types.ModuleType("__main__")
     main.__dict__.update(__file__=main_file, __builtins__=builtins)
@@ -336,6 +355,89 @@ def _readable():
                                            "/dev/urandom", "/dev/random", "/dev/zero")
              if os.path.exists(p)]
     return roots, files
+
+
+def _private_root(libc, ctypes, tmp, read_roots, fsize):
+    """A mount namespace whose root is a read-only tmpfs holding, each at its own path, the
+    folders of `_readable` and `_ROOT_FILES` (read-only) and the working directory: a tmpfs
+    of its own with a copy of the caller's files and room for `fsize` bytes more, gone with
+    the namespace. No other host path exists for the student (home folders, the repository,
+    the rest of /etc, /proc, /sys, /dev/shm, the host's Unix sockets); what it writes is
+    memory, but bounded, and never reaches the host's disk; and, the new root's folders
+    being searchable by anyone, a root caller's student can get a uid of its own. Whether
+    it was set up."""
+    nr = _PIVOT_ROOT.get(os.uname().machine)
+    if nr is None or libc.unshare(_CLONE_NEWNS) != 0:
+        return False
+
+    def mount(src, dst, fstype, flags, data=None):
+        args = [None if a is None else a.encode() for a in (src, dst, fstype, data)]
+        if libc.mount(args[0], args[1], args[2], ctypes.c_ulong(flags), args[3]) != 0:
+            raise OSError(ctypes.get_errno(), f"mount {dst}")
+    umask = os.umask(0o022)
+    work = None
+    try:
+        mount(None, "/", None, _MS_REC | _MS_PRIVATE)  # nothing here reaches the host's mounts
+        work = os.open(tmp, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        # the new root is mounted over the working directory, reached below through `work`
+        new = tmp
+        mount("tmpfs", new, "tmpfs", _MS_NOSUID | _MS_NODEV, "mode=0755,size=1m,nr_inodes=4096")
+        bound = []
+        for root in sorted(read_roots):
+            if any(root.startswith(b + "/") for b in bound):
+                continue  # already there, within a recursive bind
+            os.makedirs(new + root, exist_ok=True)
+            mount(root, new + root, None, _MS_BIND | _MS_REC)
+            bound.append(root)
+            # read-only where the source's own locked flags let it be (landlock holds writes):
+            # statvfs's ST_ flags are the MS_ ones, but for relatime
+            flags = os.statvfs(root).f_flag
+            keep = flags & (_MS_NOSUID | _MS_NODEV | 8 | 1024 | 2048) | (flags & 4096) << 9
+            try:
+                mount(None, new + root, None, _MS_REMOUNT | _MS_BIND | _MS_RDONLY | keep)
+            except OSError:
+                pass
+        for path in ("/lib", "/lib64", "/lib32"):  # merged /usr: the loader's paths
+            if os.path.islink(path) and not os.path.lexists(new + path):
+                os.symlink(os.readlink(path), new + path)
+        for path in _ROOT_FILES:
+            if os.path.exists(path) and not os.path.exists(new + path):
+                os.makedirs(os.path.dirname(new + path), exist_ok=True)
+                os.close(os.open(new + path, os.O_WRONLY | os.O_CREAT, 0o644))
+                mount(path, new + path, None, _MS_BIND)
+        os.makedirs(new + tmp)
+        names = [n for n in os.listdir(work)
+                 if stat.S_ISREG(os.stat(n, dir_fd=work, follow_symlinks=False).st_mode)]
+        pages = sum(-(-os.stat(n, dir_fd=work).st_size // 4096) for n in names)
+        mount("tmpfs", new + tmp, "tmpfs", _MS_NOSUID | _MS_NODEV,
+              f"mode=0700,size={fsize + (pages + 16) * 4096},nr_inodes=4096")
+        for name in names:
+            src = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=work)
+            try:
+                with open(os.path.join(new + tmp, name), "xb") as dst:
+                    while chunk := os.read(src, 1 << 20):
+                        dst.write(chunk)
+            finally:
+                os.close(src)
+        mount(None, new, None, _MS_REMOUNT | _MS_BIND | _MS_RDONLY | _MS_NOSUID | _MS_NODEV)
+        os.chdir(new)
+        if libc.syscall(nr, b".", b".") != 0:
+            raise OSError(ctypes.get_errno(), "pivot_root")
+    except OSError:  # undone: the host's view again, reported inactive
+        os.chdir("/")
+        libc.umount2(tmp.encode(), _MNT_DETACH)
+        os.chdir(tmp)
+        return False
+    finally:
+        os.umask(umask)
+        if work is not None:
+            os.close(work)
+    # the host's root now lies on top of the new one: detach it
+    if libc.umount2(b".", _MNT_DETACH) != 0:
+        sys.stderr.write("sandbox: cannot detach the host's root\n")
+        os._exit(70)  # fail closed: it would stay reachable
+    os.chdir(tmp)
+    return True
 
 
 def _reachable_by_others(path):
@@ -428,7 +530,10 @@ def _landlock(libc, ctypes, tmp, read_roots, read_files):
 _DENY = (
     57, 58, 59, 322,  # fork vfork execve execveat
     101, 310, 311, 312,  # ptrace process_vm_readv/writev kcmp
-    42, 49, 50,  # connect bind listen
+    41, 42, 49, 50,  # socket connect bind listen (socketpair is checked below)
+    # memory outside the address-space limit: memfd_create memfd_secret, System V shared
+    # memory, message queues and semaphores, POSIX message queues
+    319, 447, 29, 30, 31, 67, 68, 69, 70, 71, 64, 65, 66, 220, 240,
     160,  # setrlimit
     272, 308, 165, 166, 155, 161, 442, 429, 428, 430, 431, 432, 433,  # namespaces, mounts
     434, 424, 438,  # pidfd_open pidfd_send_signal pidfd_getfd
@@ -448,10 +553,12 @@ _DENY = (
 
 def _seccomp(libc, ctypes, pid):
     """A seccomp-bpf filter on x86_64 (syscall numbers are per architecture): the calls in
-    _DENY refused; clone only for threads; sockets only AF_UNIX; kill, tgkill and
-    rt_(tg)sigqueueinfo only to itself; setpriority only on itself (PRIO_PROCESS, pid 0 or its
-    own) and never to a negative nice; sched_setaffinity only on itself; prlimit64 only to
-    read. Whether it was installed."""
+    _DENY refused; clone only for threads; no socket(2), and socketpair(2) only for AF_UNIX
+    SOCK_STREAM (a datagram socket, even a connected one, can sendto any socket path);
+    fcntl never grows a pipe (F_SETPIPE_SZ); kill, tgkill and rt_(tg)sigqueueinfo only to
+    itself; setpriority only on itself (PRIO_PROCESS, pid 0 or its own) and never to a
+    negative nice; sched_setaffinity only on itself; prlimit64 only to read. Whether it was
+    installed."""
     if os.uname().machine != "x86_64":
         return False
     EPERM, ENOSYS = 1, 38
@@ -462,12 +569,15 @@ def _seccomp(libc, ctypes, pid):
             ("ld", 0), ("jge", 0x40000000, "deny", None)]  # no x32 ABI
     prog += [("jeq", nr, "deny", None) for nr in _DENY]
     prog += [("jeq", 56, "clone", None), ("jeq", 435, "nosys", None),  # clone, clone3
-             ("jeq", 41, "socket", None), ("jeq", 302, "prlimit", None),
+             ("jeq", 53, "socketpair", None), ("jeq", 72, "fcntl", None),
+             ("jeq", 302, "prlimit", None),
              ("jeq", 141, "setpriority", None), ("jeq", 203, "self_or_0", None)]
     prog += [("jeq", nr, "self", None) for nr in (62, 234, 129, 297)]
     prog += [("ret", ALLOW),
              ("label", "clone"), ("ld", A0), ("jset", 0x10000, "allow", "deny"),  # CLONE_THREAD
-             ("label", "socket"), ("ld", A0), ("jeq", 1, "allow", "deny"),  # AF_UNIX
+             ("label", "socketpair"), ("ld", A0), ("jeq", 1, None, "deny"),  # AF_UNIX
+             ("ld", A1), ("and", 0xF), ("jeq", 1, "allow", "deny"),  # SOCK_STREAM, any flags
+             ("label", "fcntl"), ("ld", A1), ("jeq", 1031, "deny", "allow"),  # F_SETPIPE_SZ
              ("label", "prlimit"), ("ld", A2), ("jeq", 0, None, "deny"),  # new_limit == NULL
              ("ld", A2 + 4), ("jeq", 0, "allow", "deny"),
              ("label", "setpriority"), ("ld", A0), ("jeq", 0, None, "deny"),  # PRIO_PROCESS
@@ -484,7 +594,7 @@ def _seccomp(libc, ctypes, pid):
             labels[ins[1]] = n
         else:
             n += 1
-    codes = {"ld": 0x20, "jeq": 0x15, "jge": 0x35, "jset": 0x45, "ret": 0x06}
+    codes = {"ld": 0x20, "and": 0x54, "jeq": 0x15, "jge": 0x35, "jset": 0x45, "ret": 0x06}
 
     class Filter(ctypes.Structure):
         _fields_ = [("code", ctypes.c_uint16), ("jt", ctypes.c_uint8), ("jf", ctypes.c_uint8),
@@ -512,7 +622,7 @@ def _seccomp(libc, ctypes, pid):
 # --- the audit hook ----------------------------------------------------------------------
 
 
-def _install_hook(tmp, read_roots, read_files, max_write_opens):
+def _install_hook(tmp, read_roots, read_files, max_write_opens, nproc):
     # Everything the hook uses is bound here, so untrusted code cannot monkeypatch it
     # (builtins, os, posixpath are all mutable from the student's side).
     _str, _bytes, _int, _type, _len = str, bytes, int, type, len
@@ -544,7 +654,8 @@ def _install_hook(tmp, read_roots, read_files, max_write_opens):
                  "os.truncate": (0,), "os.chmod": (0,), "os.chown": (0,), "os.utime": (0,),
                  "os.chflags": (0,), "os.lchflags": (0,), "os.setxattr": (0,),
                  "os.removexattr": (0,)}
-    reading = {"os.listdir": 0, "os.scandir": 0, "os.walk": 0, "os.fwalk": 0}
+    reading = {"os.listdir": 0, "os.scandir": 0, "os.walk": 0, "os.fwalk": 0, "os.chdir": 0,
+               "os.getxattr": 0, "os.listxattr": 0}
 
     def resolve(path):
         """(absolute path with symlinks resolved the way the kernel will, had "..")."""
@@ -635,7 +746,7 @@ def _install_hook(tmp, read_roots, read_files, max_write_opens):
                     raise _PermissionError(f"sandbox: {event} on a file descriptor is not allowed")
                 check_write(path, event)
         elif event in reading:
-            if _type(args[0]) is not _int:
+            if _type(args[0]) is not _int and args[0] is not None:  # None: the cwd
                 check_read(args[0], False)
         elif event == "import":
             name = args[0]
@@ -645,6 +756,9 @@ def _install_hook(tmp, read_roots, read_files, max_write_opens):
         elif event == "socket.__new__":
             if args[1] != 1:  # AF_UNIX only (socketpair)
                 raise _PermissionError("sandbox: network sockets are not allowed")
+        elif event == "fcntl.fcntl":
+            if args[1] == 1031:  # F_SETPIPE_SZ: pipe buffers are memory outside the limit
+                raise _PermissionError("sandbox: growing a pipe is not allowed")
         elif event == "os.kill" or event == "signal.pthread_kill":
             if event == "os.kill" and args[0] != _getpid():
                 raise _PermissionError("sandbox: signalling other processes is not allowed")
@@ -656,16 +770,36 @@ def _install_hook(tmp, read_roots, read_files, max_write_opens):
     for name in blocked_modules.union(
             m for m in sys.builtin_module_names if m.startswith("_test")):
         sys.modules.setdefault(name, None)
-    _patch_unaudited(_PermissionError, _getpid)
+
+    def check_path(path, dir_fd):
+        """check_read for the calls that only look at a path (os.stat and the like)."""
+        if _type(path) is _int:  # an fd already open
+            return
+        if dir_fd is not None and not (path.startswith(b"/" if _type(path) is _bytes else "/")):
+            # relative to a folder fd, which only the working directory can give (opening
+            # any other folder is refused): it must not climb out with ".."
+            if ".." in (path.decode("utf-8", "surrogateescape") if _type(path) is _bytes
+                        else path).split("/"):
+                raise _PermissionError(f"sandbox: {path!r} climbs out of its folder")
+            return
+        check_read(path, False)
+    _patch_unaudited(_PermissionError, _getpid, check_path, nproc)
     sys.addaudithook(hook)
 
 
-def _patch_unaudited(_PermissionError, _getpid):
-    """Replace the os and signal functions that reach other processes or the host without
-    raising an audit event (the hook cannot see them): in os and in posix alike, since
-    importing posix afresh is refused."""
+def _patch_unaudited(_PermissionError, _getpid, check_path, nproc):
+    """Replace the os, signal and _thread functions that reach other processes or the host,
+    or tell what exists there, without raising an audit event (the hook cannot see them):
+    in os and in posix alike, since importing posix afresh is refused. Path queries (stat,
+    lstat, access, readlink, statvfs, pathconf, and through them os.path and pathlib) see
+    only what the student may read: elsewhere they raise PermissionError whether or not the
+    path exists. A thread beyond `nproc` (counting the main one) fails as the kernel's own
+    limit would, with RuntimeError."""
     import posix
+    import _thread
     _getpriority = os.getpriority
+    _type, _int, _fspath, _RuntimeError = type, int, os.fspath, RuntimeError
+    _count = getattr(_thread, "_count", None)
     originals = {name: getattr(os, name) for name in (
         "setpriority", "sched_setaffinity", "nice", "pidfd_open") if hasattr(os, name)}
 
@@ -699,14 +833,36 @@ def _patch_unaudited(_PermissionError, _getpid):
     replaced = {"setpriority": setpriority, "sched_setaffinity": sched_setaffinity,
                 "nice": nice, "pidfd_open": pidfd_open}
     for name in ("mkfifo", "mknod", "sched_setscheduler", "sched_setparam", "setsid",
-                 "setpgid", "setpgrp", "setns", "unshare"):
+                 "setpgid", "setpgrp", "setns", "unshare", "memfd_create"):
         replaced[name] = refuse(name)
+
+    def path_query(original):
+        def query(path, *args, dir_fd=None, **kwargs):
+            path = path if _type(path) is _int else _fspath(path)  # once: no second answer
+            check_path(path, dir_fd)
+            if dir_fd is None:
+                return original(path, *args, **kwargs)
+            return original(path, *args, dir_fd=dir_fd, **kwargs)
+        return query
+    for name in ("stat", "lstat", "access", "readlink", "statvfs", "pathconf"):
+        if hasattr(os, name):
+            replaced[name] = path_query(getattr(os, name))
     for mod in (os, posix):
         for name, fn in replaced.items():
             if hasattr(mod, name):
                 setattr(mod, name, fn)
     if hasattr(signal, "pidfd_send_signal"):
         signal.pidfd_send_signal = refuse("pidfd_send_signal")
+
+    def bounded(start):
+        def start_thread(*args, **kwargs):
+            if _count() + 2 > nproc:  # the running ones, the main one, the new one
+                raise _RuntimeError("can't start new thread (sandbox: max_procs threads)")
+            return start(*args, **kwargs)
+        return start_thread
+    for name in ("start_new_thread", "start_new", "start_joinable_thread"):
+        if _count is not None and hasattr(_thread, name):
+            setattr(_thread, name, bounded(getattr(_thread, name)))
 
 
 if __name__ == "__main__":

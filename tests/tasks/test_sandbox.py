@@ -16,6 +16,7 @@ import socket
 import stat
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -34,6 +35,9 @@ HOLDS = {
     "privilege": ("creds", "seccomp"),
     "signals": ("pid-ns", "seccomp"),
     "read": ("landlock",),
+    "host paths": ("mount-ns",),
+    "unix socket": ("mount-ns", "seccomp"),
+    "shared memory": ("seccomp",),
 }
 
 
@@ -434,6 +438,20 @@ def _descendants(root: int) -> dict[int, str]:
     return found
 
 
+def _parent(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return int(f.read().rsplit(")", 1)[1].split()[1])
+    except (OSError, ValueError):
+        return None
+
+
+def _started(pid: int, cwd: str) -> bool:
+    """Whether the student's "started" file is in `cwd`, as process `pid` sees its files (a
+    student in a mount namespace writes in a working directory of its own)."""
+    return os.path.exists(f"/proc/{pid}/root{cwd}/started")
+
+
 def _start_time(pid: int) -> str | None:
     try:
         with open(f"/proc/{pid}/stat") as f:
@@ -479,8 +497,7 @@ time.sleep(60)
                     cwd = os.readlink(f"/proc/{pid}/cwd")
                 except OSError:
                     continue
-                if os.path.basename(cwd).startswith("rl2f-sandbox-") and \
-                        os.path.exists(os.path.join(cwd, "started")):
+                if os.path.basename(cwd).startswith("rl2f-sandbox-") and _started(pid, cwd):
                     workdir = cwd
             time.sleep(0.02)
         assert workdir is not None, "the student never started"
@@ -581,7 +598,7 @@ def test_falls_back_cleanly_where_namespaces_are_refused(active_guards):
     """Where unshare(2) is refused altogether, the sandbox runs without any namespace, says
     so in `guards`, and the other guards still keep the student off the caller."""
     guards = _restricted_run("no-unshare")
-    assert not {"user-ns", "pid-ns", "uts-ns", "ipc-ns", "net-ns"} & guards
+    assert not {"user-ns", "pid-ns", "uts-ns", "ipc-ns", "net-ns", "mount-ns"} & guards
     assert {"creds", "landlock", "seccomp"} & active_guards <= guards
 
 
@@ -638,3 +655,244 @@ def test_runner_error_is_a_result_not_an_exception():
     """A bad request to the runner comes back as a failed result (the runner never raises)."""
     r = run_untrusted("print(1)", files={"../evil.py": "x"})
     assert not r.ok and r.returncode is None and r.killed_reason == "sandbox error"
+
+
+# --- memory outside the address space, threads, host metadata, unix sockets, stale dirs ---
+
+
+@pytest.mark.parametrize("layer", _variants("shared memory"))
+@pytest.mark.parametrize("how", ["memfd", "sysv", "pipes"])
+def test_memory_outside_the_address_space_is_refused(how, layer, active_guards):
+    """Memory the address-space limit does not count cannot be held: 59 memfds of 8 MiB
+    each (472 MiB beside a 512 MiB limit: RLIMIT_FSIZE bounds each file, not their number),
+    as many System V shared memory segments, each detached once filled, and pipe buffers
+    grown to 1 MiB each. The first refusal is not caught, so the run fails (the grading
+    records a failure), and what was held before it is printed."""
+    code = {"memfd": """
+import os
+held = 0
+try:
+    for i in range(59):
+        fd = os.memfd_create("x%d" % i)
+        for _ in range(8):
+            os.write(fd, b"x" * (1 << 20))
+            held += 1
+finally:
+    print("held MiB", held)
+""", "sysv": """
+held = 0
+try:
+    import ctypes
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.shmat.restype = ctypes.c_void_p
+    for i in range(59):
+        seg = libc.shmget(0, 8 << 20, 0o1600)  # IPC_PRIVATE, IPC_CREAT | 0600
+        if seg < 0:
+            raise OSError(ctypes.get_errno(), "shmget")
+        addr = libc.shmat(seg, None, 0)
+        ctypes.memset(addr, 1, 8 << 20)
+        libc.shmdt(ctypes.c_void_p(addr))  # still held, no longer in the address space
+        held += 8
+finally:
+    print("held MiB", held)
+""", "pipes": """
+import fcntl, os
+held = 0
+try:
+    for i in range(30):
+        r, w = os.pipe()
+        fcntl.fcntl(w, 1031, 1 << 20)  # F_SETPIPE_SZ
+        os.set_blocking(w, False)
+        os.write(w, b"x" * (1 << 20))
+        held += 1
+finally:
+    print("held MiB", held)
+"""}[how]
+    r = run_untrusted(code, memory_mb=512, timeout_s=20, cpu_s=20,
+                      **_layers(layer, active_guards, "shared memory"))
+    assert not r.ok, r.stdout
+    assert r.stdout.split() == ["held", "MiB", "0"], (r.stdout, r.stderr)
+
+
+@pytest.mark.parametrize("layer", ["all", "hook", "kernel"])
+def test_threads_are_bounded_by_max_procs(layer, active_guards):
+    """752 threads with small stacks (so that the address-space limit does not stop them)
+    when max_procs is 256: starting the 256th fails. The kernel layer alone bounds them only
+    where the student runs as a uid other than 0 (RLIMIT_NPROC never binds uid 0): a uid of
+    its own for a root caller (creds, with the mount namespace making the interpreter
+    reachable), the caller's uid otherwise."""
+    code = """
+import os, threading
+threading.stack_size(1 << 16)
+stop = threading.Event()
+n = 0
+try:
+    for _ in range(752):
+        threading.Thread(target=stop.wait, daemon=True).start()
+        n += 1
+except (RuntimeError, OSError) as e:
+    print("stopped", type(e).__name__)
+stop.set()
+print("threads", n, "uid", os.getuid())
+"""
+    kwargs = {"all": {}, "hook": {"kernel_guards": False},
+              "kernel": {"audit_hook": False}}[layer]
+    r = run_untrusted(code, max_procs=256, timeout_s=30, cpu_s=30, **kwargs)
+    assert r.ok, r.stderr
+    n, uid = int(r.stdout.split("threads ")[1].split()[0]), int(r.stdout.split("uid ")[1])
+    if layer == "kernel" and uid == 0:
+        pytest.skip("the student runs as uid 0 here, which RLIMIT_NPROC never binds")
+    assert n < 256, r.stdout
+
+
+def _hidden_targets(tmp_path):
+    """Host paths that exist, each with a sibling that does not."""
+    secret = tmp_path / "secret.txt"
+    secret.write_text("x" * 12345)
+    repo = Path(__file__).resolve().parents[2]
+    home = os.path.realpath(os.path.expanduser("~"))
+    base = os.path.realpath(sys.base_prefix)
+    # an entry of the home folder that is not on the way to the interpreter (visible by design)
+    in_home = [os.path.join(home, n) for n in sorted(os.listdir(home))
+               if not (base + "/").startswith(os.path.join(home, n) + "/")][:1]
+    existing = ["/etc/passwd", str(repo / "setup.py"), str(repo), str(secret)] + in_home
+    return [(p, p + f"-missing-{uuid.uuid4().hex}") for p in existing]
+
+
+@pytest.mark.parametrize("layer", _variants("host paths"))
+def test_host_metadata_is_hidden(layer, active_guards, tmp_path):
+    """os.stat, os.lstat, os.path.exists / getsize, os.access, os.chdir and pathlib on host
+    paths outside what the sandbox may read (the password file, the repository, a test file
+    of known size, the home folder) tell nothing: each call ends as it does on a path that
+    does not exist, and no size comes back. The student's own files and the standard
+    library still answer."""
+    pairs = _hidden_targets(tmp_path)
+    code = f"""
+import os, pathlib
+cwd = os.getcwd()
+calls = {{
+    "stat": lambda p: os.stat(p).st_size,
+    "lstat": lambda p: os.lstat(p).st_size,
+    "exists": lambda p: os.path.exists(p),
+    "getsize": lambda p: os.path.getsize(p),
+    "access": lambda p: os.access(p, os.F_OK),
+    "chdir": lambda p: (os.chdir(p), os.chdir(cwd)),
+    "pathlib": lambda p: pathlib.Path(p).stat().st_size,
+}}
+for path, missing in {pairs!r}:
+    for name, call in calls.items():
+        seen = []
+        for p in (path, missing):
+            try:
+                seen.append(repr(call(p)))
+            except OSError as e:
+                seen.append(type(e).__name__)
+        print("same" if seen[0] == seen[1] else "DIFFERS", name, path, *seen)
+print("own", os.path.getsize("main.py") > 0, os.path.isdir(os.path.dirname(os.__file__)),
+      pathlib.Path(os.__file__).is_file(), os.access(".", os.W_OK))
+"""
+    r = run_untrusted(code, **_layers(layer, active_guards, "host paths"))
+    assert r.ok, r.stderr
+    assert "DIFFERS" not in r.stdout and r.stdout.count("same") == 7 * len(pairs), r.stdout
+    assert "12345" not in r.stdout and "own True True True True" in r.stdout
+
+
+@pytest.mark.parametrize("layer", _variants("unix socket"))
+def test_datagram_to_a_host_unix_socket_never_arrives(layer, active_guards):
+    """A datagram sent to a Unix socket of the host (the caller's, world-writable as /dev/log
+    is, in a folder anyone can search, so that file permissions do not decide) from an
+    unbound socket, from a socketpair and through sendmsg: every send fails and the socket
+    receives nothing."""
+    folder = tempfile.mkdtemp(prefix="rl2f-test-sock-")
+    os.chmod(folder, 0o755)
+    path = os.path.join(folder, "host.sock")
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    listener.bind(path)
+    os.chmod(path, 0o777)
+    listener.settimeout(0.2)
+    code = _attempts("SENT") + f"""
+import socket
+path = {path!r}
+def unbound():
+    socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM).sendto(b"unbound", path)
+def pair():
+    socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)[0].sendto(b"pair", path)
+def msg():
+    socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)[0].sendmsg([b"msg"], [], 0, path)
+attempt("unbound", unbound)
+attempt("pair", pair)
+attempt("sendmsg", msg)
+"""
+    try:
+        r = run_untrusted(code, **_layers(layer, active_guards, "unix socket"))
+        assert r.ok, r.stderr
+        got = []
+        with pytest.raises(OSError):
+            while True:
+                got.append(listener.recv(100))
+        assert got == [] and "SENT" not in r.stdout and r.stdout.count("refused") == 3, \
+            (got, r.stdout)
+    finally:
+        listener.close()
+        shutil.rmtree(folder)
+
+
+def _workdir_of(caller_pid, end):
+    """(the sandbox's working directory, its keeper's pid) once the student has started."""
+    while time.monotonic() < end:
+        keeper = next((p for p in _descendants(caller_pid) if _parent(p) == caller_pid), None)
+        for pid in _descendants(caller_pid):
+            try:
+                cwd = os.readlink(f"/proc/{pid}/cwd")
+            except OSError:
+                continue
+            if os.path.basename(cwd).startswith("rl2f-sandbox-") and _started(pid, cwd):
+                return cwd, keeper
+        time.sleep(0.02)
+    raise AssertionError("the student never started")
+
+
+_SLEEPER = ("import sys\nfrom rl2f.tasks.sandbox import run_untrusted\n"
+            "r = run_untrusted(\"open('started', 'w').close()\\nimport time\\ntime.sleep(60)\", "
+            "timeout_s=float(sys.argv[1]), cpu_s=60)\nprint(r.ok, r.killed_reason)")
+
+
+def test_directory_of_a_killed_caller_and_keeper_is_swept():
+    """The caller and the keeper are both SIGKILLed (the caller stopped first, so that it
+    cannot clean up either): the next sandbox start removes the working directory they
+    left behind."""
+    caller = subprocess.Popen([sys.executable, "-c", _SLEEPER, "60"])
+    workdir = None
+    try:
+        workdir, keeper = _workdir_of(caller.pid, time.monotonic() + 30)
+        os.kill(caller.pid, signal.SIGSTOP)
+        os.killpg(keeper, signal.SIGKILL)
+        caller.kill()
+        caller.wait()
+        time.sleep(0.2)
+        assert os.path.isdir(workdir)  # nobody left to clean up
+        r = run_untrusted("pass")
+        assert r.ok, r.stderr
+        assert not os.path.exists(workdir)
+    finally:
+        caller.kill()
+        caller.wait()
+        if workdir is not None:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+def test_sweep_spares_a_running_sandbox():
+    """A sandbox start while another caller's student is running leaves that one's working
+    directory alone: it finishes normally."""
+    caller = subprocess.Popen([sys.executable, "-c", _SLEEPER, "1.5"], stdout=subprocess.PIPE,
+                              text=True)
+    try:
+        workdir, _ = _workdir_of(caller.pid, time.monotonic() + 30)
+        assert run_untrusted("pass").ok
+        assert os.path.exists(os.path.join(workdir, "main.py"))
+        out, _ = caller.communicate(timeout=30)
+        assert out.split() == ["False", "timeout"]  # stopped at its deadline, not broken
+        assert not os.path.exists(workdir)
+    finally:
+        caller.kill()
+        caller.wait()
