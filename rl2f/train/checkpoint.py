@@ -43,7 +43,9 @@ KEEP = 2
 # the student-token budget), how often to save, and which device to run on. Everything else
 # (lr, schedule, LoRA shape, data, rollout, task, model) changes the model, the optimiser
 # state or the data stream the checkpoint continues, and is refused by name.
-RESUMABLE = ("train.max_steps", "train.save_every", "train.max_student_tokens", "model.device")
+RESUMABLE = ("train.max_steps", "train.save_every", "train.max_student_tokens", "model.device",
+             # what is logged and watched, never what is trained
+             "train.report_to", "train.tracker_project", "train.eval_every", "train.eval_problems", "train.eval_best")
 # What a complete checkpoint directory holds; the rename makes them appear together.
 _PARTS = ("trainer.pt", "config.json", "adapter/adapter_model.safetensors", "adapter/adapter_config.json",
           "rng/rank0.pt")

@@ -30,6 +30,7 @@ from rl2f.lora import lora_parameters
 from rl2f.outputs import claim_dir, remove_own
 from rl2f.progress import Progress
 from rl2f.run import Run, build_run
+from rl2f.trackers import Trackers, check_trackers
 from rl2f.train.checkpoint import (check_resume_config, complete_checkpoints, find_checkpoint,
                                    load_trainer_state, restore, save_checkpoint)
 
@@ -44,13 +45,14 @@ class NonFiniteError(UserError):
 
 def start_run(cfg: RunConfig, out_dir: str | Path, resume, d: Dist | None, task, init_adapter,
               with_engine: bool = True, dry_run: bool = False):
-    """What every training loop does first: join the process group, check the run directory,
-    read the checkpoint to resume (if any) and check the config against it, repair the
-    metrics file to end at the checkpoint's step, seed, and build the run with the adapter to
-    start from (the checkpoint's, else `init_adapter` / `train.init_adapter`, else a fresh
-    LoRA). `dry_run` (`rl2f train --dry-run`) checks the run directory but writes nothing,
-    not even the directory. Returns (out_dir, d, checkpoint dir or None, trainer state or
-    None, run)."""
+    """What every training loop does first: check that the trackers' packages are installed,
+    join the process group, check the run directory, read the checkpoint to resume (if any)
+    and check the config against it, repair the metrics file to end at the checkpoint's step,
+    seed, and build the run with the adapter to start from (the checkpoint's, else
+    `init_adapter` / `train.init_adapter`, else a fresh LoRA). `dry_run` (`rl2f train
+    --dry-run`) checks the run directory but writes nothing, not even the directory. Returns
+    (out_dir, d, checkpoint dir or None, trainer state or None, run)."""
+    check_trackers(cfg.train.report_to)  # a missing tracker package is refused before any work
     out_dir = Path(out_dir)
     ckpt = find_checkpoint(resume) if resume else None
     state = load_trainer_state(ckpt) if ckpt else None
@@ -77,7 +79,8 @@ def start_run(cfg: RunConfig, out_dir: str | Path, resume, d: Dist | None, task,
 # What `rl2f train` writes in its --out: a fresh run in a directory of an earlier one that
 # never completed a checkpoint removes these, and nothing else (rl2f.outputs).
 TRAIN_OUTPUTS = ("checkpoints", "metrics.jsonl", "metrics.jsonl.tmp", "adapters", "sft-dialogues.jsonl",
-                 "sft-dialogues.tmp", "eval.jsonl", "eval.jsonl.tmp", "best-adapter")
+                 "sft-dialogues.tmp", "eval.jsonl", "eval.jsonl.tmp", "best-adapter", "tensorboard", "wandb",
+                 "trackers.json")
 
 
 def check_out_dir(out_dir: Path, resuming: bool, is_main: bool = True, write: bool = True) -> None:
@@ -233,8 +236,9 @@ class Loop:
               totals: dict | None = None) -> "Loop":
         out_dir, d, ckpt, state, run = start_run(cfg, out_dir, resume, d, task, init_adapter, with_engine)
         optimizer = make_optimizer(cfg, run.model)
-        loop = cls(cfg, out_dir, run, optimizer, Metrics(out_dir / "metrics.jsonl", d.is_main,
-                                                         resume_step=state["step"] if state else None),
+        resume_step = state["step"] if state else None
+        trackers = Trackers(cfg, out_dir, resume_step) if d.is_main else None
+        loop = cls(cfg, out_dir, run, optimizer, Metrics(out_dir / "metrics.jsonl", d.is_main, resume_step, trackers),
                    Timer(d.device), loss_scale(d, run.model), totals=dict(totals or {}))
         if state is not None:
             restore(ckpt, state, d, run.model, optimizer, _NoSchedule())
@@ -302,6 +306,7 @@ class Loop:
                 if after is not None:
                     after(record)
                 bar.update(1, summary(record))
+        self.metrics.close()
         return record
 
 
@@ -323,11 +328,14 @@ class _NoSchedule:
 class Metrics:
     """One JSON line per step in out/metrics.jsonl (rank 0 only), flushed to disk per row.
     A fresh run starts the file anew; a resumed one continues the file `Metrics.resume` has
-    cut back to the checkpoint's step, so the file reads as one run."""
+    cut back to the checkpoint's step, so the file reads as one run. Each row, once on disk,
+    also goes to the run's trackers (`train.report_to`), so none of them holds a row the file
+    lacks."""
 
-    def __init__(self, path: Path, enabled: bool, resume_step: int | None = None):
+    def __init__(self, path: Path, enabled: bool, resume_step: int | None = None, trackers: Trackers | None = None):
         self.path = path
         self.enabled = enabled
+        self.trackers = trackers
         if enabled and resume_step is None and path.exists():
             path.unlink()
 
@@ -344,6 +352,13 @@ class Metrics:
             raise UserError(f"{self.path}: cannot write the metrics row of step {record.get('step')} "
                             f"({e.strerror or e}); the rows before it and the last complete checkpoint "
                             f"are kept") from None
+        if self.trackers is not None:
+            self.trackers.log(record)
+
+    def close(self) -> None:
+        """Finish the trackers' runs (each row is already on disk: metrics.jsonl fsyncs it)."""
+        if self.trackers is not None:
+            self.trackers.close()
 
     @staticmethod
     def resume(path: Path, step: int, row: dict | None) -> None:

@@ -226,7 +226,7 @@ def backward(loop: Loop, batch: RolloutBatch, stats: StepStats, temperature: flo
             sums.gap += float(log_ratio.abs().sum())
             ratios.add(log_ratio)
             pl = grpo_loss(logp, mb.old_logprobs, ref, mb.advantages, stats.loss_tokens, t.clip_low,
-                           t.clip_high, t.beta)
+                           t.clip_high, t.beta, tis_cap=t.tis_cap)
             loss = pl.loss + 0.0 * hidden.sum()
             if t.critique_weight > 0:
                 tlp = gather_logprobs(model, hidden, mb.teacher_pos, mb.teacher_targets)  # (M,)

@@ -112,17 +112,28 @@ class PolicyLoss(NamedTuple):
 
 def grpo_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, ref_logprobs: torch.Tensor | None,
               advantages: torch.Tensor, n_tokens_global: float, clip_low: float, clip_high: float,
-              beta: float) -> PolicyLoss:
+              beta: float, tis_cap: float = 0.0) -> PolicyLoss:
     """Clipped GRPO objective (+ beta * k3 KL) summed over this micro-batch's loss tokens (every
     position given is one) and divided by the global loss-token count of the step.
 
     Per token (ratio rho = exp(logp - old)):  -min(rho A, clip(rho, 1 - lo, 1 + hi) A)
     + beta (exp(ref - logp) - (ref - logp) - 1). Bounded below by -(1 + hi) max A per
-    token, so the mean over tokens cannot run away the way a sum of log-probs can."""
+    token, so the mean over tokens cannot run away the way a sum of log-probs can.
+
+    `tis_cap` > 0: truncated importance sampling against a sampler whose log-probs are not the
+    trainer's (vLLM's kernels, another precision): the clipped term is taken on the trainer's
+    own ratio (rho = exp(logp - sg(logp)) = 1 in value) and weighted per token by
+    w = min(exp(sg(logp) - old), tis_cap), the correction for sampling from the other engine
+    (the "decoupled" form of TIS). The loss is linear in A, so that is A w given as the
+    advantage with old = sg(logp)."""
     zero = torch.zeros((), dtype=torch.float32, device=logprobs.device)
     n = logprobs.numel()
     if n == 0:
         return PolicyLoss(logprobs.sum() * 0.0, zero, zero, zero)
+    if tis_cap > 0:
+        trainer_old = logprobs.detach().float()
+        advantages = advantages * torch.exp(trainer_old - old_logprobs).clamp(max=tis_cap)
+        old_logprobs = trainer_old
     mask = torch.ones_like(logprobs, dtype=torch.float32)  # (N,)
     out = grpo_token_loss(logprobs, old_logprobs, ref_logprobs, advantages, mask, clip_low, clip_high,
                           beta if ref_logprobs is not None else 0.0)

@@ -29,7 +29,8 @@ def test_gap_is_zero_on_policy_with_the_builtin_engine(tmp_path, tiny_ckpt, warm
 
 def test_gap_shows_a_sampler_at_another_temperature(tmp_path, tiny_ckpt, warm_start, monkeypatch):
     """A sampler that draws at temperature 0.7 while the trainer scores at 1 (what a
-    misconfigured inference engine does): the gap is far from 0 and the ratio leaves 1."""
+    misconfigured inference engine does): the gap is far from 0 and the ratio leaves 1; with
+    train.tis_cap the same rollouts are trained on the trainer's own ratio, nothing clipped."""
     real = grpo.training_runner
 
     def hotter(run):
@@ -42,3 +43,10 @@ def test_gap_shows_a_sampler_at_another_temperature(tmp_path, tiny_ckpt, warm_st
     (row,) = _rows(cfg, tmp_path / "run", warm_start)
     assert row["logprob_gap_mean"] > 0.01 and row["logprob_gap_max"] > 0.1, row
     assert row["ratio_min"] < 0.9 or row["ratio_max"] > 1.1, row
+    assert row["clip_frac"] > 0  # the ratio against such a sampler leaves the clip range
+    # train.tis_cap: the clipped term on the trainer's own ratio (1), the gap as a capped weight
+    cfg = tiny_config(tiny_ckpt, 'train.method="rl2f"', "train.max_steps=1", "train.drop_zero_variance=false",
+                      "train.tis_cap=2.0")
+    (tis,) = _rows(cfg, tmp_path / "tis", warm_start)
+    assert tis["clip_frac"] == 0 and tis["logprob_gap_mean"] == row["logprob_gap_mean"], (tis, row)
+    assert tis["loss"] != row["loss"]

@@ -57,10 +57,10 @@ def test_token_targets_mask_teacher_and_template_tokens():
     assert mask == [0, 0, 0, 0, 0, 0, 0, 1, 1]
 
 
-def _policy(lp, old, adv, n, ref=None, beta=0.0):
+def _policy(lp, old, adv, n, ref=None, beta=0.0, tis_cap=0.0):
     lp = torch.tensor(lp, requires_grad=True)
     out = grpo_loss(lp, torch.tensor(old), None if ref is None else torch.tensor(ref), torch.tensor(adv),
-                    n, 0.2, 0.28, beta)
+                    n, 0.2, 0.28, beta, tis_cap=tis_cap)
     out.loss.backward()
     return out._replace(loss=out.loss.detach()), lp.grad
 
@@ -74,6 +74,24 @@ def test_clipped_objective_by_hand():
     assert float(out.loss) == pytest.approx((-1.28 + 1.5 + 0.8 - 2.0) / 4, abs=1e-6)
     assert grad.tolist() == pytest.approx([0.0, 1.5 / 4, 0.0, -2.0 / 4], abs=1e-6)
     assert float(out.clipped) == 2
+
+
+def test_truncated_importance_sampling_by_hand():
+    """train.tis_cap 2: each token's term is taken on the trainer's own ratio (1: nothing
+    clipped) and weighted by w = min(p_trainer / p_sampler, 2): the loss -sum(w A) / n, the
+    gradient -w A / n (d rho / d logp = 1 at rho = 1). Trainer/sampler ratios 1.5, 3 (capped at
+    2), 0.5 and 1, with advantages 1, 1, -1, 2."""
+    lp = [math.log(0.3), math.log(0.6), math.log(0.1), math.log(0.2)]
+    sampler = [math.log(0.2), math.log(0.2), math.log(0.2), math.log(0.2)]
+    adv = [1.0, 1.0, -1.0, 2.0]
+    w = [1.5, 2.0, 0.5, 1.0]
+    out, grad = _policy(lp, sampler, adv, n=4, tis_cap=2.0)
+    assert float(out.loss) == pytest.approx(-sum(wi * a for wi, a in zip(w, adv)) / 4, abs=1e-6)
+    assert grad.tolist() == pytest.approx([-wi * a / 4 for wi, a in zip(w, adv)], abs=1e-6)
+    assert float(out.clipped) == 0
+    # off: the ratio against the sampler itself, clipped at 1.28 / 0.8 where it leaves the range
+    out, _ = _policy(lp, sampler, adv, n=4)
+    assert float(out.loss) == pytest.approx((-1.28 - 1.28 + 0.8 - 2.0) / 4, abs=1e-6)
 
 
 def test_k3_kl_term_by_hand():
