@@ -29,7 +29,7 @@ except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
 
 from rl2f.errors import UserError
-from rl2f.plugins import absolute_spec, entry_point_names, is_spec
+from rl2f.plugins import TEACHER_PLUGINS, absolute_spec, entry_point_names, is_spec
 
 T = TypeVar("T")
 MAX_PROBLEMS = 100_000  # problems a run or a command makes (all made up front: a bound on memory and time)
@@ -267,7 +267,7 @@ class RolloutSection:
             raise ValueError("max_turns must be >= 1")
         self.teacher = absolute_spec(self.teacher)  # a teacher file, found again from anywhere
         if self.teacher not in TEACHERS and not is_spec(self.teacher) \
-                and self.teacher not in entry_point_names("rl2f.teachers"):
+                and self.teacher not in entry_point_names(TEACHER_PLUGINS):
             raise ValueError(f"teacher must be one of {', '.join(TEACHERS)}, a teacher class "
                              f"('package.module:Class' or 'path/to/file.py:Class') or a registered name, "
                              f"got {self.teacher!r}")

@@ -17,6 +17,9 @@ from pathlib import Path
 from rl2f.errors import UserError
 
 SPEC_FORMS = "'package.module:Class' or 'path/to/file.py:Class'"
+# the entry-point groups of pip-installed task and teacher packages
+TASK_PLUGINS = "rl2f.tasks"
+TEACHER_PLUGINS = "rl2f.teachers"
 
 
 def is_spec(name: str) -> bool:

@@ -65,20 +65,22 @@ def earlier_feedback(history: list[dict]) -> list[str]:
     return [m["content"] for m in history[first:] if m["role"] == "user"]
 
 
+def guarded(guard: LeakGuard, text: str, r: FeedbackRequest) -> Feedback:
+    """`text`, or the generic hint where the guard flags it, read with the episode's earlier
+    feedback (one digit per turn also leaks)."""
+    check = guard.check(text, r.problem, earlier=earlier_feedback(r.history))
+    return Feedback(GENERIC_HINT, True, [check.reason]) if check.leaked else Feedback(text)
+
+
 class ProgrammaticTeacher:
     def __init__(self, task: Task, guard: LeakGuard | None = None):
         self.task = task
         self.guard = guard if guard is not None else LeakGuard(task)
 
     def feedback(self, requests: list[FeedbackRequest]) -> list[Feedback]:
-        out = []
-        for r in requests:
-            text = self.task.hint(r.problem, r.attempt, r.verdict)
-            # A hint function is code we wrote, but it is still guarded (here, once, with the
-            # episode's earlier hints): a leak would silently turn RL2F into answer copying.
-            check = self.guard.check(text, r.problem, earlier=earlier_feedback(r.history))
-            out.append(Feedback(GENERIC_HINT, True, [check.reason]) if check.leaked else Feedback(text))
-        return out
+        # A hint function is code we wrote, but it is still guarded (here, once, with the
+        # episode's earlier hints): a leak would silently turn RL2F into answer copying.
+        return [guarded(self.guard, self.task.hint(r.problem, r.attempt, r.verdict), r) for r in requests]
 
 
 class RetryTeacher:
@@ -304,19 +306,15 @@ class GuardedTeacher:
             text = m.text if isinstance(m, Feedback) else m
             if not isinstance(text, str):
                 raise UserError(f"teacher '{self.name}': a message must be a str or a Feedback, got {type(m).__name__}")
-            check = self.guard.check(text, r.problem, earlier=earlier_feedback(r.history))
-            out.append(Feedback(GENERIC_HINT, True, [check.reason]) if check.leaked else Feedback(text))
+            out.append(guarded(self.guard, text, r))
         return out
-
-
-TEACHER_ENTRY_POINTS = "rl2f.teachers"
 
 
 def user_teacher(name: str, task: Task) -> GuardedTeacher:
     """The user's teacher class `name` (a spec or an entry-point name), built and guarded."""
-    from rl2f.plugins import entry_point, is_spec, load_object
+    from rl2f.plugins import TEACHER_PLUGINS, entry_point, is_spec, load_object
 
-    spec = name if is_spec(name) else entry_point(TEACHER_ENTRY_POINTS, name)
+    spec = name if is_spec(name) else entry_point(TEACHER_PLUGINS, name)
     if spec is None:
         raise UserError(f"unknown teacher '{name}' (built in: {', '.join(TEACHERS)}; or give the "
                         "teacher class as 'package.module:Class' or 'path/to/file.py:Class')")

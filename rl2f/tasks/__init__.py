@@ -1,14 +1,14 @@
 """Verifiable tasks: `get_task(name, **options)`.
 
-`name` is a built-in task (math, maze, puzzle, code, and secret, the hidden-information task
-of the embedded demo), a task an installed package registers under the entry-point group
+`name` is a built-in task (math, maze, puzzle, code, secret: the hidden-information task of
+the embedded demo; jsonl: problems from a data file; reasoning_gym: reasoning-gym's datasets), a task an installed package registers under the entry-point group
 `rl2f.tasks`, or the task's class itself: "package.module:Class" or "path/to/file.py:Class"
 (rl2f.plugins). A task class subclasses `rl2f.tasks.base.Task`.
 """
 from __future__ import annotations
 
 from rl2f.errors import UserError
-from rl2f.plugins import SPEC_FORMS, entry_point, entry_point_names, is_spec, load_object
+from rl2f.plugins import SPEC_FORMS, TASK_PLUGINS, entry_point, entry_point_names, is_spec, load_object
 from rl2f.tasks.base import Problem, Task, Verdict
 
 # Built-in tasks, each imported when asked for: the math task pulls in sympy (half a second),
@@ -23,7 +23,6 @@ BUILTIN = {
     "reasoning_gym": "rl2f.tasks.gym:ReasoningGymTask",
 }
 TASKS = tuple(BUILTIN)
-ENTRY_POINTS = "rl2f.tasks"  # the entry-point group of pip-installed task packages
 
 
 def task_class(name: str) -> type[Task]:
@@ -33,9 +32,9 @@ def task_class(name: str) -> type[Task]:
     elif is_spec(name):
         spec = name
     else:
-        spec = entry_point(ENTRY_POINTS, name)
+        spec = entry_point(TASK_PLUGINS, name)
         if spec is None:
-            installed = entry_point_names(ENTRY_POINTS)
+            installed = entry_point_names(TASK_PLUGINS)
             raise UserError(f"unknown task '{name}' (known tasks: {', '.join(TASKS + tuple(installed))}; "
                             f"or give the task class as {SPEC_FORMS})")
     cls = load_object(spec, f"task '{name}'")

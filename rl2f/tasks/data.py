@@ -36,6 +36,7 @@ from rl2f.errors import UserError
 from rl2f.jsonl import BadRecord
 from rl2f.tasks.base import NO_ANSWER_HINT, Problem, Task, Verdict, answer_segment, check_option
 from rl2f.tasks.code import CodeTask, read_tests
+from rl2f.tasks.math import MathTask
 from rl2f.tasks.maze import content_id
 from rl2f.tasks.records import Fields, answer_pattern, draw, hash_bucket, read_problems
 
@@ -113,11 +114,7 @@ class JsonlTask(Task):
             raise UserError("task 'jsonl': option answer_regex does not apply to verifier 'code' "
                             "(its tests are the truth)")
         self.grader: Task | ExactAnswer
-        if verifier == "math":
-            from rl2f.tasks.math import MathTask  # here: rl2f.tasks.math imports this module
-            self.grader = MathTask()
-        else:
-            self.grader = CodeTask() if verifier == "code" else ExactAnswer()
+        self.grader = MathTask() if verifier == "math" else CodeTask() if verifier == "code" else ExactAnswer()
         self.system_prompt = self.grader.system_prompt
         self.path = Path(path)
         test_cut = int(round(100 * test_fraction))

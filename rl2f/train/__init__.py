@@ -7,14 +7,13 @@ nothing (`rl2f train --dry-run`).
 """
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 from rl2f.lora import lora_parameters
 from rl2f.run import training_runner
 from rl2f.train.common import start_run, train_problems
 from rl2f.train.grpo import train_grpo
-from rl2f.train.sft import read_sft_file, train_sft
+from rl2f.train.sft import read_sft_file, sft_steps, train_sft
 
 
 def train(cfg, out_dir: str | Path, resume: str | Path | None = None, **kw) -> dict:
@@ -41,9 +40,8 @@ def dry_run(cfg, out_dir: str | Path, resume: str | Path | None = None, d=None) 
     if sft_file:
         seqs = read_sft_file(t.sft_data, run.tokenizer)
         per_step = t.micro_batch * t.grad_accum * d.world_size
-        # the step count as train_sft computes it: epochs over the file, bounded by max_steps
         return plan | {"dialogues": len(seqs), "sequences_per_step": per_step,
-                       "steps": min(t.max_steps, math.ceil(t.sft_epochs * len(seqs) / per_step)),
+                       "steps": sft_steps(t, len(seqs), per_step),
                        "max_tokens_per_step": sum(sorted(len(s) for s in seqs)[-per_step:])}
     runner = training_runner(run)  # builds the teacher: a teacher class of the user's is loaded here
     problems = train_problems(cfg, run.task)

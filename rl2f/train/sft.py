@@ -181,6 +181,11 @@ class NLLSums(Sums):
     teacher: float = 0.0  # sum of -log p over teacher tokens (critique prediction)
 
 
+def sft_steps(t, n_sequences: int, global_batch: int) -> int:
+    """Optimiser steps of an SFT run: `sft_epochs` over the dialogues, bounded by max_steps."""
+    return min(t.max_steps, math.ceil(t.sft_epochs * n_sequences / global_batch))
+
+
 def train_sft(cfg: RunConfig, out_dir: str | Path, resume: str | Path | None = None,
               eval_seqs: list[TrainSequence] | None = None, d: Dist | None = None, task=None,
               init_adapter: str | Path | None = None) -> dict:
@@ -190,7 +195,7 @@ def train_sft(cfg: RunConfig, out_dir: str | Path, resume: str | Path | None = N
     run, d, tok = loop.run, loop.dist, loop.run.tokenizer
     seqs = read_sft_file(t.sft_data, tok) if t.sft_data else generated_sequences(cfg, run, loop.out_dir)
     global_batch = t.micro_batch * t.grad_accum * d.world_size
-    total_steps = min(t.max_steps, math.ceil(t.sft_epochs * len(seqs) / global_batch))
+    total_steps = sft_steps(t, len(seqs), global_batch)
     stream = EpochStream(len(seqs), t.seed)
 
     def step() -> dict:
