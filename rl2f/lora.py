@@ -14,6 +14,34 @@ adapter_model.safetensors, keys `base_model.model.<HF module path>.lora_A.weight
 and vLLM load our adapters and we load theirs. Our decoder lives under `model.` while the
 HF checkpoint may put it under another prefix (`model.language_model.` for
 Gemma3ForConditionalGeneration); `model.config.hf_module_prefix` bridges the two.
+
+Which code computes an enabled, unmerged LoRA layer: `forward_path` decides for
+`LoRALinear.forward`, `rollout_path` for a BuiltinEngine batch with the adapter on
+(`rollout_adapter`). Neither looks at the device: the CPU and CUDA rows agree by
+construction, and tests/test_lora.py checks every row against the two functions (and runs
+the CPU rows, and the CUDA rows where there is a GPU).
+
+| device | base     | adapter  | training      | no grad  | rollout      |
+|--------|----------|----------|---------------|----------|--------------|
+| cpu    | float32  | float32  | fold_autograd | addmm    | fold_weights |
+| cpu    | float32  | bfloat16 | cast_add      | cast_add | fold_weights |
+| cpu    | bfloat16 | float32  | cast_add      | cast_add | cast_add     |
+| cpu    | bfloat16 | bfloat16 | addmm         | addmm    | addmm        |
+| cuda   | float32  | float32  | fold_autograd | addmm    | fold_weights |
+| cuda   | bfloat16 | float32  | cast_add      | cast_add | cast_add     |
+| cuda   | bfloat16 | bfloat16 | addmm         | addmm    | addmm        |
+| cuda   | float16  | float32  | cast_add      | cast_add | cast_add     |
+
+- fold_autograd: `_FoldedLoRA`, y = x (W + s B A)^T with a hand-written backward (a third
+  less of the adapter's training work). Only in fp32: in bf16 the fold would round small updates
+  away. "training" is grad mode with the base frozen and no LoRA dropout; with dropout (or a
+  trainable base) a layer takes the "no grad" column.
+- addmm: y = x W^T, then y + (s x A^T) B^T inside one GEMM (base and adapter of one dtype).
+- cast_add: the update computed in the adapter dtype, cast to the base dtype, added.
+- fold_weights: `folded_lora`, the adapter folded into per-call copies of the weights, the
+  layers run as plain linears: one matmul per layer per token instead of three. The default
+  of BuiltinEngine (fold_lora=True); without it, or under torch.distributed (whose sharded
+  parameters must not be swapped), a rollout takes the "no grad" column.
 """
 from __future__ import annotations
 
@@ -70,6 +98,27 @@ def _scale(rank: int, alpha: float, use_rslora: bool) -> float:
     return alpha / math.sqrt(rank) if use_rslora else alpha / rank
 
 
+FOLD_AUTOGRAD, ADDMM, CAST_ADD, FOLD_WEIGHTS = "fold_autograd", "addmm", "cast_add", "fold_weights"
+
+
+def forward_path(base_dtype: torch.dtype, adapter_dtype: torch.dtype, *, grad: bool, dropout: bool = False,
+                 base_trainable: bool = False) -> str:
+    """Which code `LoRALinear.forward` runs for an enabled, unmerged layer (the table in the
+    module docstring)."""
+    if grad and not dropout and not base_trainable and base_dtype == adapter_dtype == torch.float32:
+        return FOLD_AUTOGRAD
+    return ADDMM if base_dtype == adapter_dtype else CAST_ADD
+
+
+def rollout_path(base_dtype: torch.dtype, adapter_dtype: torch.dtype, *, fold: bool = True,
+                 distributed: bool = False) -> str:
+    """Which code a rollout batch with the adapter on runs (`rollout_adapter`; the table in the
+    module docstring): the weights folded in fp32, else a layer's no-grad forward."""
+    if fold and base_dtype == torch.float32 and not distributed:
+        return FOLD_WEIGHTS
+    return forward_path(base_dtype, adapter_dtype, grad=False)
+
+
 class LoRALinear(nn.Module):
     """A frozen `nn.Linear` plus a low-rank update; `weight`/`bias` keep the base's names."""
 
@@ -110,19 +159,34 @@ class LoRALinear(nn.Module):
         return F.linear(self._rank_states(x), self.lora_B).to(x.dtype)  # (..., out)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if (self.enabled and not self.merged and torch.is_grad_enabled() and isinstance(self.dropout, nn.Identity)
-                and x.dtype == self.weight.dtype == self.lora_A.dtype == torch.float32 and not self.weight.requires_grad):
-            return _FoldedLoRA.apply(x, self.weight, self.bias, self.lora_A, self.lora_B, self.scale)
-        y = F.linear(x, self.weight, self.bias)  # (..., out)
         if self.merged:
             # Disabled while merged: take the update back out (exact only up to rounding).
+            y = F.linear(x, self.weight, self.bias)
             return y if self.enabled else y - self._update(x)
         if not self.enabled:
-            return y
+            return F.linear(x, self.weight, self.bias)
+        path = forward_path(self.weight.dtype, self.lora_A.dtype, grad=torch.is_grad_enabled(),
+                            dropout=not isinstance(self.dropout, nn.Identity), base_trainable=self.weight.requires_grad)
+        if path == FOLD_AUTOGRAD:
+            return self._fold_autograd(x)
+        if path == CAST_ADD:
+            return self._cast_add(x)
+        return self._addmm(x)
+
+    def _fold_autograd(self, x: torch.Tensor) -> torch.Tensor:
+        """fp32 training: the update folded into the weight, the backward written out."""
+        return _FoldedLoRA.apply(x, self.weight, self.bias, self.lora_A, self.lora_B, self.scale)
+
+    def _cast_add(self, x: torch.Tensor) -> torch.Tensor:
+        """A base of another dtype (bf16/fp16): the update is rounded to it, then added."""
+        y = F.linear(x, self.weight, self.bias)  # (..., out)
         h = self._rank_states(self.dropout(x))  # (..., r)
-        if h.dtype != y.dtype:  # a bf16/fp16 base: the update is rounded to it, then added
-            return y + F.linear(h, self.lora_B).to(y.dtype)
-        # y + h @ B^T inside the GEMM: no separate pass to add the update (nor in backward)
+        return y + F.linear(h, self.lora_B).to(y.dtype)
+
+    def _addmm(self, x: torch.Tensor) -> torch.Tensor:
+        """y + h @ B^T inside the GEMM: no separate pass to add the update (nor in backward)."""
+        y = F.linear(x, self.weight, self.bias)  # (..., out)
+        h = self._rank_states(self.dropout(x))  # (..., r)
         return torch.addmm(y.reshape(-1, self.out_features), h.reshape(-1, h.shape[-1]),
                            self.lora_B.t()).view(y.shape)
 
@@ -156,7 +220,7 @@ class _FoldedLoRA(torch.autograd.Function):
     tokens (the update's two GEMMs forward, four backward); this spends 2 N in out +
     2 N r (in + out) plus the fold, r in out, independent of N: a third of the adapter's
     work, and one graph node instead of five. The result equals the unfolded layer up to
-    float round-off (the rollout already samples with the folded weights, `_folded_lora`).
+    float round-off (the rollout already samples with the folded weights, `folded_lora`).
     The base weight and bias are frozen: they get no gradient."""
 
     @staticmethod
@@ -286,6 +350,37 @@ def adapters_disabled(model: nn.Module):
     finally:
         for m, state in zip(layers, before):
             m.enabled = state
+
+
+@contextlib.contextmanager
+def folded_lora(model: nn.Module):
+    """Run the adapter folded into the weights: each LoRA layer's `weight` is swapped for a
+    copy of W + scale * B @ A and its update switched off, then the very same Parameter
+    objects are put back (the model's own weights are never written). One matmul per layer
+    per token instead of three; equal to the unfolded forward up to fp32 round-off."""
+    layers = [m for _, m in lora_layers(model) if m.enabled and not m.merged]
+    saved = [m.weight for m in layers]
+    folded = [torch.nn.Parameter(m.weight + m.delta_weight().to(m.weight.dtype), requires_grad=False)
+              for m in layers]
+    try:
+        for m, w in zip(layers, folded):
+            m.weight, m.enabled = w, False
+        yield
+    finally:
+        for m, w in zip(layers, saved):
+            m.weight, m.enabled = w, True
+
+
+def rollout_adapter(model: nn.Module, use_adapter: bool, fold: bool = True, distributed: bool = False):
+    """The context a rollout batch runs in: the adapter off (`adapters_disabled`), folded into
+    per-call weight copies (`folded_lora`, where `rollout_path` says so), or on as it is."""
+    if not use_adapter:
+        return adapters_disabled(model)
+    layer = next((m for _, m in lora_layers(model)), None)  # one model, one base and one adapter dtype
+    if layer is not None and rollout_path(layer.weight.dtype, layer.lora_A.dtype, fold=fold,
+                                          distributed=distributed) == FOLD_WEIGHTS:
+        return folded_lora(model)
+    return contextlib.nullcontext()
 
 
 def merge_lora(model: nn.Module) -> None:

@@ -12,15 +12,23 @@ import pytest
 import torch
 import torch.nn as nn
 
+import rl2f.lora
 from rl2f.errors import UserError
 from rl2f.lora import (
+    ADDMM,
+    CAST_ADD,
+    FOLD_AUTOGRAD,
+    FOLD_WEIGHTS,
     LoRALinear,
     adapters_disabled,
     apply_lora,
+    forward_path,
     load_adapter,
     lora_parameters,
     lora_state_dict,
     merge_lora,
+    rollout_adapter,
+    rollout_path,
     save_adapter,
     unmerge_lora,
 )
@@ -305,6 +313,63 @@ def test_lora_linear_matches_formula():
         torch.testing.assert_close(layer(x), want, atol=1e-5, rtol=1e-5)
     drop = LoRALinear(base, rank=2, alpha=2, dropout=0.5).train()
     assert torch.equal(drop(x), base(x))  # B = 0: dropout cannot reach the base path
+
+
+# --------------------------------------------------------------------------- the fast-path table
+
+def _path_table() -> list[dict[str, str]]:
+    """The rows of the table in rl2f.lora's docstring, as {column: cell}."""
+    lines = [line.strip() for line in rl2f.lora.__doc__.splitlines() if line.strip().startswith("|")]
+    cells = [[c.strip() for c in line.strip("|").split("|")] for line in lines]
+    return [dict(zip(cells[0], row)) for row in cells[2:]]  # cells[1]: the |---| line
+
+
+def test_path_table_is_what_the_decision_functions_say():
+    """Every row of the table equals forward_path (training: grad on; no grad) and
+    rollout_path for its dtypes; the table covers fp32 and bf16 on the CPU and on CUDA; the
+    footnotes hold (LoRA dropout, a trainable base, no folding, torch.distributed)."""
+    rows = _path_table()
+    assert {("cpu", "float32"), ("cpu", "bfloat16"), ("cuda", "float32"), ("cuda", "bfloat16")} <= \
+        {(r["device"], r["base"]) for r in rows}
+    for r in rows:
+        base, adapter = getattr(torch, r["base"]), getattr(torch, r["adapter"])
+        assert (forward_path(base, adapter, grad=True), forward_path(base, adapter, grad=False),
+                rollout_path(base, adapter)) == (r["training"], r["no grad"], r["rollout"]), r
+        no_grad = forward_path(base, adapter, grad=False)
+        assert forward_path(base, adapter, grad=True, dropout=True) == no_grad
+        assert forward_path(base, adapter, grad=True, base_trainable=True) == no_grad
+        assert rollout_path(base, adapter, fold=False) == rollout_path(base, adapter, distributed=True) == no_grad
+
+
+@pytest.mark.parametrize("row", _path_table(), ids=lambda r: f"{r['device']}-{r['base']}-{r['adapter']}")
+def test_path_table_rows_are_the_paths_taken(row, monkeypatch):
+    """Each row on its device (the CUDA rows where there is a GPU): a LoRA layer runs the
+    table's path in grad mode and without grad, and a rollout batch (rollout_adapter, in
+    inference mode) the table's rollout path. Observed by recording which of LoRALinear's
+    path methods, and whether `folded_lora`, ran."""
+    if row["device"] == "cuda" and not torch.cuda.is_available():
+        pytest.skip("no GPU: the CUDA rows are checked against the decision functions only")
+    taken = []
+    for method, path in (("_fold_autograd", FOLD_AUTOGRAD), ("_addmm", ADDMM), ("_cast_add", CAST_ADD)):
+        original = getattr(LoRALinear, method)
+        monkeypatch.setattr(LoRALinear, method,
+                            lambda self, x, _f=original, _p=path: taken.append(_p) or _f(self, x))
+    folded = rl2f.lora.folded_lora
+    monkeypatch.setattr(rl2f.lora, "folded_lora", lambda model: taken.append(FOLD_WEIGHTS) or folded(model))
+    base, adapter = getattr(torch, row["base"]), getattr(torch, row["adapter"])
+    layer = LoRALinear(nn.Linear(16, 8, device=row["device"], dtype=base), rank=2, alpha=4, dtype=adapter)
+    nn.init.normal_(layer.lora_B)
+    x = torch.randn(3, 16, device=row["device"], dtype=base)
+    seen = {}
+    for column, mode in (("training", torch.enable_grad), ("no grad", torch.no_grad)):
+        with mode():
+            layer(x)
+        seen[column] = taken.copy()
+        taken.clear()
+    with torch.inference_mode(), rollout_adapter(nn.Sequential(layer), use_adapter=True):
+        layer(x)
+    seen["rollout"] = taken
+    assert seen == {c: [row[c]] for c in ("training", "no grad", "rollout")}
 
 
 # --------------------------------------------------------------------------- bad input

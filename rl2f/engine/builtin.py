@@ -1,11 +1,17 @@
 """The built-in rollout engine: our model, in-process, batched, with a preallocated KV cache
-and a prefix cache that carries a dialogue's keys/values from one turn to the next.
+and a prefix cache that carries a dialogue's keys/values from one turn to the next
+(prefix_cache.py).
 
-Per batch: the distinct prompts are left-padded and prefilled ONCE, the cache and the last
-logits are fanned out to the n samples of each prompt, and a decode loop samples one token
-per row per step. Finished rows (stop token or max_tokens, detected on the device) keep
-decoding harmlessly until the next host sync, every `sync_every` steps, where stop strings
-are checked on decoded text, the loop ends when every row is done, and finished rows are
+A batch runs in phases (`_run_batch`), over the data of batch.py: plan (on the host: which
+prompt rows, how each is prefilled, what each sample may generate), prefill (each distinct
+prompt ONCE, its leading columns copied from the prefix cache where it holds them), fan-out
+(the cache and the last logits copied to the n samples of each prompt, with each row's
+sampling tables: the decode state `_Rows`), decode (one token per row per step), harvest
+(kept keys/values to the prefix cache, each row cut at its stop into a CompletionOutput).
+
+Decode: finished rows (stop token or max_tokens, detected on the device) keep decoding
+harmlessly until the next host sync, every `sync_every` steps, where stop strings are
+checked on decoded text, the loop ends when every row is done, and finished rows are
 dropped from the cache when enough of them pile up. Nothing else in the loop synchronises
 with the host: noise is counter-based (see sampling.py) and outputs are written into
 preallocated buffers. On the CPU there is no asynchronous device to stall, so the default
@@ -14,58 +20,27 @@ stopped (the demo's attempts stop after 6 of their 8 tokens: 2 of 7 decode forwa
 Under torch.distributed every rank decodes on its own: a rollout forward makes no
 collective (the trainer holds the model unsharded), so ranks may stop at different steps.
 
-Prefix cache (vLLM's automatic prefix caching, in whole sequences rather than blocks): when
-a batch ends, the keys/values of every finished sequence (prompt + generated tokens, the
-last sampled token excluded: it was never fed to the model) are kept, keyed by their token
-ids. A later prompt that starts with a kept sequence copies those keys/values into its
-cache rows and prefills only the rest: the episode runner sends the whole dialogue every
-turn, and each turn then prefills the last sampled token, the teacher's message and the
-template around it, not the dialogue again. Every position's keys/values depend only on
-the tokens up to it, so the results are those of a fresh prefill up to float round-off
-(the same sampled tokens for the same seed, log-probs within fp32 round-off).
-- Lookup: chain hashes of 16-token blocks find the kept sequences sharing the longest run
-  of whole blocks with the prompt; the match is then extended token by token. Any common
-  prefix is reused, not only a whole kept sequence.
-- Memory: at most `prefix_cache_bytes` of keys/values (`PrefixCache.bytes_per_token` per
-  token), least recently used entries evicted first; a sequence that extends a kept one
-  replaces it (an episode holds one entry, its latest turn). Entries of finished episodes
-  are not released explicitly: they age out by LRU, and `release()` drops everything.
-- Validity: keys/values depend on the weights, so an entry is only served to requests with
-  the same adapter flag (use_adapter on/off) and the same weights. `set_adapter` clears the
-  cache: the trainer calls it after every optimiser step, which makes it the contract. As a
-  second guard, `generate` clears it when any parameter's in-place version counter moved
-  (load_adapter, non-fused optimisers; fused optimiser kernels do not bump it).
-
 The engine shares the trainer's model: weights updated by an optimizer step are used by the
 next `generate`. Student requests (use_adapter=True) run with the LoRA adapter on (in fp32,
-folded into per-call weight copies: `_folded_lora`), teacher / reference requests with it
-off (`rl2f.lora.adapters_disabled`), in the same engine.
+folded into per-call weight copies: `rl2f.lora.rollout_adapter`), teacher / reference
+requests with it off, in the same engine.
 Output conventions (log-probs, stop tokens, stop strings) are in types.py. `engine.stats`
 counts the work done (see `EngineStats`).
 """
 from __future__ import annotations
 
-import collections
-import contextlib
 import dataclasses
 from pathlib import Path
 from typing import Any, Sequence
 
 import torch
 
-from rl2f.engine.sampling import (
-    request_seed,
-    row_uniform,
-    sample_step,
-    stream_key,
-    tail_has_stop,
-    truncate_at_stop,
-)
+from rl2f.engine.batch import _Plan, _Rows, _Unit, pack
+from rl2f.engine.prefix_cache import PrefixCache
+from rl2f.engine.sampling import completion, request_seed, sample_step, tail_has_stop, truncate_at_stop
 from rl2f.engine.types import CompletionOutput, RequestOutput, SamplingParams, per_request
 from rl2f.errors import UserError
-from rl2f.lora import adapters_disabled, load_adapter, lora_layers
-
-_BLOCK = 16  # tokens per hashed block of the prefix index
+from rl2f.lora import load_adapter, rollout_adapter
 
 
 @dataclasses.dataclass
@@ -86,147 +61,8 @@ class EngineStats:
             setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
 
 
-class _Entry:
-    """A kept sequence: its token ids and keys/values, (L, Hkv, n, D) each."""
-
-    __slots__ = ("id", "flag", "tokens", "keys", "values", "hashes")
-
-    def __init__(self, id_, flag, tokens, keys, values, hashes):
-        self.id, self.flag, self.tokens, self.keys, self.values, self.hashes = id_, flag, tokens, keys, values, hashes
-
-
-def _block_hashes(tokens: tuple, flag: bool, limit: int | None = None) -> list[int]:
-    """Chain hashes of the whole 16-token blocks of `tokens`: hash j covers tokens [0, 16(j+1))
-    and the adapter flag, so equal hashes mean equal prefixes (a collision is caught by the
-    exact comparison in `lookup`)."""
-    n = len(tokens) if limit is None else min(limit, len(tokens))
-    h, out = hash(("rl2f-prefix", flag)), []
-    for j in range(0, n - _BLOCK + 1, _BLOCK):
-        h = hash((h, tokens[j:j + _BLOCK]))
-        out.append(h)
-    return out
-
-
-class PrefixCache:
-    """Keys/values of finished sequences under an LRU byte budget (see the module docstring)."""
-
-    def __init__(self, budget_bytes: int, bytes_per_token: int):
-        self.budget_bytes = int(budget_bytes)
-        self.bytes_per_token = int(bytes_per_token)
-        self._entries: collections.OrderedDict[int, _Entry] = collections.OrderedDict()  # LRU first
-        self._index: dict[int, dict[int, None]] = {}  # block hash -> ids of entries holding that prefix
-        self._exact: dict[tuple, int] = {}  # (flag, tokens) -> id
-        self._tokens = 0
-        self._next_id = 0
-
-    @property
-    def tokens(self) -> int:
-        """Tokens held (the sum of the entries' lengths)."""
-        return self._tokens
-
-    @property
-    def bytes(self) -> int:
-        return self._tokens * self.bytes_per_token
-
-    def __len__(self) -> int:
-        return len(self._entries)
-
-    def clear(self) -> None:
-        self._entries.clear()
-        self._index.clear()
-        self._exact.clear()
-        self._tokens = 0
-
-    def lookup(self, tokens: tuple, flag: bool) -> tuple[_Entry | None, int]:
-        """The kept entry sharing the longest prefix with `tokens`, and that prefix's length
-        (at most len(tokens) - 1: the last prompt token is always run, for its logits)."""
-        ids = None
-        depth = 0
-        for h in _block_hashes(tokens, flag, len(tokens) - 1):
-            found = self._index.get(h)
-            if not found:
-                break
-            ids, depth = found, depth + 1
-        if ids is None:
-            return None, 0
-        cap, start = len(tokens) - 1, depth * _BLOCK
-        best, best_m = None, 0
-        for i in ids:
-            e = self._entries[i]
-            if e.tokens[:start] != tokens[:start]:  # a hash collision
-                continue
-            m, end = start, min(cap, len(e.tokens))
-            while m < end and e.tokens[m] == tokens[m]:
-                m += 1
-            if m > best_m:
-                best, best_m = e, m
-        if best is not None:
-            self._entries.move_to_end(best.id)
-        return best, best_m
-
-    def store(self, tokens: tuple, keys: torch.Tensor, values: torch.Tensor, flag: bool,
-              replaces: _Entry | None = None) -> None:
-        """Keep `tokens` with their keys/values ((L, Hkv, n, D) each). `replaces`, the entry
-        this sequence was prefilled from, is dropped when the new sequence extends it."""
-        n = len(tokens)
-        if n * self.bytes_per_token > self.budget_bytes:
-            return
-        if replaces is not None and replaces.id in self._entries and tokens[:len(replaces.tokens)] == replaces.tokens:
-            self._remove(replaces.id)
-        old = self._exact.get((flag, tokens))
-        if old is not None:
-            self._entries.move_to_end(old)
-            return
-        e = _Entry(self._next_id, flag, tokens, keys, values, _block_hashes(tokens, flag))
-        self._next_id += 1
-        self._entries[e.id] = e
-        self._exact[(flag, tokens)] = e.id
-        for h in e.hashes:
-            self._index.setdefault(h, {})[e.id] = None
-        self._tokens += n
-        while self.bytes > self.budget_bytes:
-            self._remove(next(iter(self._entries)))
-
-    def _remove(self, entry_id: int) -> None:
-        e = self._entries.pop(entry_id)
-        del self._exact[(e.flag, e.tokens)]
-        for h in e.hashes:
-            ids = self._index[h]
-            del ids[entry_id]
-            if not ids:
-                del self._index[h]
-        self._tokens -= len(e.tokens)
-
-
 def _distributed() -> bool:
     return torch.distributed.is_available() and torch.distributed.is_initialized()
-
-
-@dataclasses.dataclass
-class _Unit:
-    """Some samples of one request: one prefilled prompt row fanned out to len(samples) rows."""
-
-    req: int
-    samples: list[int]  # which of the request's n samples
-
-
-@contextlib.contextmanager
-def _folded_lora(model: torch.nn.Module):
-    """Run the adapter folded into the weights: each LoRA layer's `weight` is swapped for a
-    copy of W + scale * B @ A and its update switched off, then the very same Parameter
-    objects are put back (the model's own weights are never written). One matmul per layer
-    per token instead of three; equal to the unfolded forward up to fp32 round-off."""
-    layers = [m for _, m in lora_layers(model) if m.enabled and not m.merged]
-    saved = [m.weight for m in layers]
-    folded = [torch.nn.Parameter(m.weight + m.delta_weight().to(m.weight.dtype), requires_grad=False)
-              for m in layers]
-    try:
-        for m, w in zip(layers, folded):
-            m.weight, m.enabled = w, False
-        yield
-    finally:
-        for m, w in zip(layers, saved):
-            m.weight, m.enabled = w, True
 
 
 class BuiltinEngine:
@@ -254,10 +90,9 @@ class BuiltinEngine:
         from the cache once they are this fraction of the batch; prefix_cache_bytes: memory
         for the keys/values kept between calls (0 = no prefix cache); fold_lora: run student
         batches of an fp32 model with the adapter folded into per-call weight copies
-        (`_folded_lora`: one matmul per LoRA layer instead of three, for one copy of the
-        adapted weights during the call); never in bf16/fp16, where W + BA would round
-        small updates away, nor under torch.distributed, whose sharded parameters must not
-        be swapped; prefill_group_cost: what one more prefill forward costs, in prefilled
+        (`rl2f.lora.folded_lora`: one matmul per LoRA layer instead of three, for one copy of
+        the adapted weights during the call; the table of rl2f.lora says where it applies);
+        prefill_group_cost: what one more prefill forward costs, in prefilled
         tokens, when the rows of a batch are split by how much each has to prefill (default:
         64 on the CPU, where a forward of the tiny model costs about as much as 64 tokens;
         on an accelerator, where padding costs little until it is compute-bound, no split)."""
@@ -341,14 +176,15 @@ class BuiltinEngine:
         try:
             with torch.inference_mode():
                 for flag in (True, False):
-                    units = [_Unit(r, list(range(s, min(s + self.max_batch_size, params[r].n))))
+                    units = [_Unit(r, list(range(s, min(s + self.max_batch_size, params[r].n))),
+                                   len(prompts[r]) - hits[r][1])
                              for r in range(len(prompts)) if flags[r] == flag
                              for s in range(0, params[r].n, self.max_batch_size)]
                     if not units:
                         continue
-                    with self._adapter_context(flag):
-                        for batch in self._pack(units, prompts, hits):
-                            self._run_batch(batch, prompts, params, seeds, results, hits, flag, stats)
+                    with rollout_adapter(self.model, flag, self.fold_lora, _distributed()):
+                        for batch in pack(units, self.max_batch_size):
+                            self._run_batch(batch, prompts, params, seeds, hits, flag, results, stats)
         finally:
             self.model.train(was_training)
         self.stats.add(stats)
@@ -364,14 +200,7 @@ class BuiltinEngine:
             self._next_request_id += 1
         return outputs
 
-    def _adapter_context(self, use_adapter: bool):
-        if not use_adapter:
-            return adapters_disabled(self.model)
-        if self.fold_lora and self.model.dtype == torch.float32 and not _distributed():
-            return _folded_lora(self.model)
-        return contextlib.nullcontext()
-
-    # --- batching ---------------------------------------------------------------------------
+    # --- requests ---------------------------------------------------------------------------
 
     def _prompt_ids(self, p: Sequence[int] | str) -> list[int]:
         ids = self.tokenizer.encode(p) if isinstance(p, str) else list(map(int, p))
@@ -382,230 +211,119 @@ class BuiltinEngine:
                             f"within max_len={self.max_len}")
         return ids
 
-    def _pack(self, units: list[_Unit], prompts: list[list[int]], hits) -> list[list[_Unit]]:
-        """Group units into batches of <= max_batch_size rows; prompts with a similar number
-        of tokens to prefill (beyond what the prefix cache holds) go together, so little of
-        the batch is padding."""
-        units = sorted(units, key=lambda u: len(prompts[u.req]) - hits[u.req][1])
-        batches, cur, rows = [], [], 0
-        for u in units:
-            if cur and rows + len(u.samples) > self.max_batch_size:
-                batches.append(cur)
-                cur, rows = [], 0
-            cur.append(u)
-            rows += len(u.samples)
-        if cur:
-            batches.append(cur)
-        return batches
+    # --- one batch, in phases ------------------------------------------------------------------
 
-    # --- one batch ----------------------------------------------------------------------------
+    def _run_batch(self, units, prompts, params, seeds, hits, flag: bool, results, stats: EngineStats) -> None:
+        plan = _Plan.make(units, prompts, params, seeds, hits, self.max_len, self.prefill_group_cost,
+                          getattr(self.tokenizer, "stop_ids", None) or [])
+        cache, logits, mask = self._prefill(plan, stats)
+        rows, logits = _Rows.fan_out(plan, cache, logits, mask)
+        out, rows, kept = self._decode(plan, rows, logits, stats)
+        self._harvest(plan, out, rows, kept, flag, results, stats)
 
-    def _run_batch(self, units, prompts, params, seeds, results, hits, flag, stats) -> None:
-        model, dev = self.model, self.model.device
-        units = sorted(units, key=lambda u: len(prompts[u.req]) - hits[u.req][1])  # for _prefill_groups
+    def _prefill(self, plan: _Plan, stats: EngineStats):
+        """Each distinct prompt once, left-padded to the plan's width: a group of prompt rows
+        runs its last W columns through the model, where W covers the longest part of any of
+        its rows that the prefix cache does not hold; the columns before them are copied from
+        the kept sequences. Returns the (P rows) cache, the last position's logits (P, V) and
+        the attention mask (P, Tp)."""
+        model, dev, Tp = self.model, self.model.device, plan.width
+        plen = [len(p) for p in plan.prompts]
         pad_id = getattr(self.tokenizer, "pad_id", None) or 0
-        plen = [len(prompts[u.req]) for u in units]
-        Tp = max(plen)
-        # per-row generation budget: max_tokens, capped by the context length
-        row_units = [(i, u, s) for i, u in enumerate(units) for s in u.samples]
-        budget = []
-        for _, u, _ in row_units:
-            b = params[u.req].max_tokens
-            if self.max_len is not None:
-                b = min(b, self.max_len - len(prompts[u.req]))
-            budget.append(b)
-        max_new = max(budget)
-        B, total = len(row_units), Tp + max_new
-
-        # prefill each distinct prompt once: a group of rows runs its last W columns through
-        # the model, where W covers the longest part of any of its rows that the prefix cache
-        # does not hold; the columns before them are copied from the kept sequences. Rows are
-        # grouped by that length (one long teacher message must not pad every row to it).
-        groups = _prefill_groups([p - hits[u.req][1] for p, u in zip(plen, units)], self.prefill_group_cost)
-        reuse = [max(0, plen[i] - W) for a, b, W in groups for i in range(a, b)]
         mask = (torch.arange(Tp) >= torch.tensor([Tp - n for n in plen]).unsqueeze(1)).long().to(dev)  # (P, Tp)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)  # (P, Tp)
-        cache = model.new_cache(len(units), total)
-        for i, n in enumerate(reuse):  # one copy of every layer's keys (and values) per row
+        cache = model.new_cache(len(plen), Tp + plan.max_new)
+        for i, n in enumerate(plan.reuse):  # one copy of every layer's keys (and values) per row
             if n:
-                entry, start = hits[units[i].req][0], Tp - plen[i]
+                entry, start = plan.hits[i][0], Tp - plen[i]
                 cache.key_buffer[:, i, :, start:start + n] = entry.keys[:, :, :n]  # (L, Hkv, n, D)
                 cache.value_buffer[:, i, :, start:start + n] = entry.values[:, :, :n]
         last = []
-        for a, b, W in groups:  # each group writes its columns Tp - W.. of its cache rows
+        for a, b, W in plan.groups:  # each group writes its columns Tp - W.. of its cache rows
             rows = cache.rows(a, b, length=Tp - W)
-            ids = [prompts[units[i].req][-W:] if plen[i] >= W else [pad_id] * (W - plen[i]) + prompts[units[i].req]
-                   for i in range(a, b)]  # the rows' last W columns, left-padded
+            ids = [p[-W:] if len(p) >= W else [pad_id] * (W - len(p)) + p
+                   for p in plan.prompts[a:b]]  # the rows' last W columns, left-padded
             hidden = model.hidden_states(torch.tensor(ids, device=dev), attention_mask=mask[a:b],
                                          position_ids=positions[a:b, Tp - W:], cache=rows)  # (b - a, W, H)
             last.append(hidden[:, -1])  # only the last position's logits are ever needed
         cache.length = Tp
         logits = model.logits(torch.cat(last) if len(last) > 1 else last[0])  # (P, V)
         stats.prompt_tokens += sum(plen)
-        stats.cached_tokens += sum(reuse)
-        stats.prefill_tokens += sum(plen) - sum(reuse)
+        stats.cached_tokens += sum(plan.reuse)
+        stats.prefill_tokens += sum(plen) - sum(plan.reuse)
+        return cache, logits, mask
 
-        # fan out: row b of the decode batch is sample `s` of unit `i`
-        counts = [len(u.samples) for u in units]
-        src = torch.tensor([i for i, _, _ in row_units], device=dev)  # (B,)
-        if len(set(counts)) == 1:
-            if counts[0] > 1:
-                cache = cache.repeat_interleave(counts[0])
-        else:
-            cache = cache.index_select(src)
-        logits = logits.index_select(0, src)  # (B, V)
-        attn = torch.ones((B, total), dtype=torch.long, device=dev)
-        attn[:, :Tp] = mask.index_select(0, src)
-        next_pos = torch.tensor([plen[i] for i, _, _ in row_units], device=dev)  # (B,)
-
-        # per-row sampling settings
-        sps = [params[u.req] for _, u, _ in row_units]
-        V = logits.shape[-1]
-        temperature = torch.tensor([sp.temperature for sp in sps], dtype=torch.float32, device=dev)
-        keys = torch.tensor([stream_key(seeds[u.req], s) for _, u, s in row_units], device=dev)
-        uniforms = row_uniform(keys[:, None], torch.arange(max_new, device=dev)[None])  # (B, max_new): every step's
-        truncate = any(sp.top_k is not None or sp.top_p < 1.0 for sp in sps)
-        top_k = torch.tensor([V if sp.top_k is None else sp.top_k for sp in sps], device=dev) if truncate else None
-        top_p = torch.tensor([sp.top_p for sp in sps], dtype=torch.float32, device=dev) if truncate else None
-        all_greedy, any_greedy = all(sp.greedy for sp in sps), any(sp.greedy for sp in sps)
-        base_stop = list(getattr(self.tokenizer, "stop_ids", None) or [])
-        stop_sets = [list(dict.fromkeys([*base_stop, *sp.stop_token_ids])) for sp in sps]
-        width = max(1, max(len(s) for s in stop_sets))
-        stop_table = torch.tensor([s + [-1] * (width - len(s)) for s in stop_sets], device=dev)  # (B, S)
-        row_budget = torch.tensor(budget, device=dev)  # (B,)
-        string_rows = [b for b, sp in enumerate(sps) if sp.stop]
-
-        # outputs, in batch-row coordinates; `active` maps decode rows to batch rows
-        out_tokens = torch.full((B, max_new), pad_id, dtype=torch.long, device=dev)
-        out_lp = torch.zeros((B, max_new), dtype=torch.float32, device=dev)
-        lengths = row_budget.clone()  # tokens kept per row; rows that never stop use the budget
-        active = torch.arange(B, device=dev)
-        finished = torch.zeros(B, dtype=torch.bool, device=dev)  # of the active rows
-        checked = [0] * B  # tokens already searched for stop strings, per batch row
-        active_host = list(range(B))
-        kept = []  # (batch row, keys, values) of rows whose keys/values the prefix cache keeps
-        starts = [Tp - plen[i] for i, _, _ in row_units]  # first column of each batch row
-
-        for t in range(max_new):
-            tok, lp = sample_step(logits, temperature, keys, t, top_k, top_p, all_greedy, any_greedy, uniforms[:, t])
-            out_tokens[active, t] = tok
-            out_lp[active, t] = lp
-            hit_stop = (tok.unsqueeze(1) == stop_table).any(-1)  # (B',)
-            newly = ~finished & (hit_stop | (t + 1 >= row_budget))
-            lengths[active] = torch.where(newly, t + 1, lengths[active])
-            finished |= newly
-            if t + 1 == max_new:
+    def _decode(self, plan: _Plan, rows: _Rows, logits: torch.Tensor, stats: EngineStats):
+        """Sample a token per row per step until every row has stopped. Returns the outputs in
+        batch rows (tokens, log-probs (B, max_new) and lengths (B,)), the rows still held, and
+        the keys/values of those dropped on the way that the prefix cache keeps."""
+        dev, B, Tp = logits.device, len(plan.params), plan.width
+        all_greedy, any_greedy = all(sp.greedy for sp in plan.params), any(sp.greedy for sp in plan.params)
+        stop_strings = any(sp.stop for sp in plan.params)
+        out_tokens = torch.zeros((B, plan.max_new), dtype=torch.long, device=dev)  # read only where written
+        out_lp = torch.zeros((B, plan.max_new), dtype=torch.float32, device=dev)
+        lengths = torch.tensor(plan.budget, device=dev)  # tokens kept per row; rows that never stop use the budget
+        kept = []
+        for t in range(plan.max_new):
+            rows.tok, lp = sample_step(logits, rows.temperature, None, t, rows.top_k, rows.top_p, all_greedy,
+                                       any_greedy, rows.uniforms[:, t])
+            out_tokens[rows.index, t] = rows.tok
+            out_lp[rows.index, t] = lp
+            hit_stop = (rows.tok.unsqueeze(1) == rows.stop_table).any(-1)  # (B',)
+            newly = ~rows.finished & (hit_stop | (t + 1 >= rows.budget))
+            lengths[rows.index] = torch.where(newly, t + 1, lengths[rows.index])
+            rows.finished |= newly
+            if t + 1 == plan.max_new:
                 break
             if (t + 1) % self.sync_every == 0:
-                done = finished.tolist()
-                if string_rows:
-                    done = self._check_stop_strings(done, active_host, out_tokens, t + 1, sps, checked)
-                    finished = torch.tensor(done, device=dev)
-                    # a row ended by a stop string keeps what it has; _finalize cuts it exactly
-                    lengths[active] = torch.where(finished, lengths[active].clamp(max=t + 1), lengths[active])
+                done = rows.finished.tolist()
+                if stop_strings:
+                    done = self._check_stop_strings(plan, rows, done, out_tokens, t + 1)
+                    rows.finished = torch.tensor(done, device=dev)
+                    # a row ended by a stop string keeps what it has; `completion` cuts it exactly
+                    lengths[rows.index] = torch.where(rows.finished, lengths[rows.index].clamp(max=t + 1),
+                                                      lengths[rows.index])
                 n_done = sum(done)
                 if n_done == len(done):
                     break
                 if n_done >= self.compact_fraction * len(done):
                     if self.prefix_cache is not None:
-                        kept += self._slice_rows(cache, [i for i, d in enumerate(done) if d], active_host,
-                                                 starts, lengths.tolist(), Tp)
-                    keep_host = [i for i, d in enumerate(done) if not d]
-                    keep = torch.tensor(keep_host, device=dev)
-                    cache = cache.index_select(keep)
-                    active, tok, finished = active[keep], tok[keep], finished[keep]
-                    active_host = [active_host[i] for i in keep_host]
-                    attn, next_pos, temperature = attn[keep], next_pos[keep], temperature[keep]
-                    keys, uniforms = keys[keep], uniforms[keep]
-                    stop_table, row_budget = stop_table[keep], row_budget[keep]
-                    if truncate:
-                        top_k, top_p = top_k[keep], top_p[keep]
-            S = Tp + t + 1
-            logits = model(tok.unsqueeze(1), attention_mask=attn[:, :S],
-                           position_ids=(next_pos + t).unsqueeze(1), cache=cache)[:, -1]  # (B', V)
+                        kept += rows.keys_values([i for i, d in enumerate(done) if d], plan, lengths.tolist())
+                    rows = rows.select([i for i, d in enumerate(done) if not d])
+            logits = self.model(rows.tok.unsqueeze(1), attention_mask=rows.attn[:, :Tp + t + 1],
+                                position_ids=(rows.next_pos + t).unsqueeze(1), cache=rows.cache)[:, -1]  # (B', V)
             stats.decode_steps += 1
+        return (out_tokens, out_lp, lengths), rows, kept
 
+    def _harvest(self, plan: _Plan, out, rows: _Rows, kept: list, flag: bool, results, stats: EngineStats) -> None:
+        """The prefix cache keeps every row's keys/values; each row is cut at its stop and
+        written to `results` as a CompletionOutput."""
         # one transfer each, then plain lists: no per-row tensor ops from here on
-        out_tokens, out_lp, lengths = out_tokens.tolist(), out_lp.tolist(), lengths.tolist()
+        out_tokens, out_lp, lengths = (x.tolist() for x in out)
         if self.prefix_cache is not None:
-            kept += self._slice_rows(cache, range(len(active_host)), active_host, starts, lengths, Tp)
+            kept += rows.keys_values(range(len(rows.batch_row)), plan, lengths)
             for b, k, v in kept:
-                i, u, _ = row_units[b]
-                tokens = tuple(prompts[u.req]) + tuple(out_tokens[b][:k.shape[2] - plen[i]])
-                self.prefix_cache.store(tokens, k, v, flag, replaces=hits[u.req][0])
-        self._finalize(row_units, sps, stop_sets, out_tokens, out_lp, lengths, results, stats)
+                i = plan.row_unit[b]
+                tokens = tuple(plan.prompts[i]) + tuple(out_tokens[b][:k.shape[2] - len(plan.prompts[i])])
+                self.prefix_cache.store(tokens, k, v, flag, replaces=plan.hits[i][0])
+        for b, (sp, stop_ids, n) in enumerate(zip(plan.params, plan.stop_ids, lengths)):
+            c = completion(plan.row_sample[b], out_tokens[b][:n], out_lp[b][:n], sp, stop_ids, self.tokenizer.decode)
+            results[plan.units[plan.row_unit[b]].req][c.index] = c
+            stats.generated_tokens += len(c.token_ids)
 
-    @staticmethod
-    def _slice_rows(cache, rows, active_host, starts, lengths, Tp):
-        """Copies of the keys/values of the given decode rows: prompt + generated tokens up to,
-        not including, each row's last (never fed to the model). Returns (batch row, keys,
-        values) with (L, Hkv, n, D) tensors."""
-        out = []
-        for r in rows:  # one copy of a column range of every layer per row: no index tensors
-            b = active_host[r]
-            start, end = starts[b], Tp + lengths[b] - 1
-            out.append((b, cache.key_buffer[:, r, :, start:end].clone(), cache.value_buffer[:, r, :, start:end].clone()))
-        return out
-
-    def _check_stop_strings(self, done, active_host, out_tokens, n, sps, checked) -> list[bool]:
-        """Host check of stop strings for the unfinished active rows that have any."""
-        rows = [i for i, b in enumerate(active_host) if not done[i] and sps[b].stop]
-        if not rows:
+    def _check_stop_strings(self, plan: _Plan, rows: _Rows, done: list[bool], out_tokens, n: int) -> list[bool]:
+        """Host check of stop strings for the unfinished decode rows that have any."""
+        todo = [i for i, b in enumerate(rows.batch_row) if not done[i] and plan.params[b].stop]
+        if not todo:
             return done
-        batch_rows = torch.tensor([active_host[i] for i in rows], device=out_tokens.device)
+        batch_rows = torch.tensor([rows.batch_row[i] for i in todo], device=out_tokens.device)
         toks = out_tokens[batch_rows, :n].tolist()
         done = list(done)
-        for i, ids in zip(rows, toks):
-            b = active_host[i]
-            stops = sps[b].stop
-            if tail_has_stop(ids, checked[b], self.tokenizer.decode, stops):
+        for i, ids in zip(todo, toks):
+            stops = plan.params[rows.batch_row[i]].stop
+            if tail_has_stop(ids, rows.checked[i], self.tokenizer.decode, stops):
                 # the tail decode can differ from the full one at its cut: confirm
                 done[i] = truncate_at_stop(ids, self.tokenizer.decode, stops) is not None
-            checked[b] = n
+            rows.checked[i] = n
         return done
-
-    def _finalize(self, row_units, sps, stop_sets, out_tokens, out_lp, lengths, results, stats) -> None:
-        """Cut each row at its stop token or stop string and write its CompletionOutput."""
-        decode = self.tokenizer.decode
-        for b, (_, u, s) in enumerate(row_units):
-            sp = sps[b]
-            n = lengths[b]
-            ids = out_tokens[b][:n]
-            ends_with_stop_token = bool(ids) and ids[-1] in stop_sets[b]
-            body = ids[:-1] if ends_with_stop_token else ids
-            cut = truncate_at_stop(body, decode, sp.stop) if sp.stop else None
-            if cut is not None:
-                n, text, stop_reason = cut
-                finish = "stop"
-            elif ends_with_stop_token:
-                text, stop_reason, finish = decode(body), ids[-1], "stop"
-            else:
-                text, stop_reason, finish = decode(ids), None, "length"
-            results[u.req][s] = CompletionOutput(
-                index=s,
-                text=text,
-                token_ids=ids[:n],
-                logprobs=out_lp[b][:n] if sp.logprobs else None,
-                finish_reason=finish,
-                stop_reason=stop_reason,
-            )
-            stats.generated_tokens += n
-
-
-def _prefill_groups(widths: list[int], cost: int) -> list[tuple[int, int, int]]:
-    """Split rows with ascending prefill `widths` into runs [a, b) that each prefill
-    widths[b - 1] columns, minimising the padded tokens computed plus `cost` tokens for each
-    extra forward: [(a, b, width)]. A run ends only where the width changes (an exact search
-    over those few places: the widths of one batch take a handful of values)."""
-    n = len(widths)
-    ends = [i for i in range(1, n) if widths[i] != widths[i - 1]] + [n]
-    best = {0: (0, -1)}  # run end -> (least cost of the rows before it, previous run end)
-    for j in ends:
-        best[j] = min((best[i][0] + (j - i) * widths[j - 1] + cost, i) for i in best)
-    runs, j = [], n
-    while j > 0:
-        i = best[j][1]
-        runs.append((i, j, widths[j - 1]))
-        j = i
-    return runs[::-1]
 

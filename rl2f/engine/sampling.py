@@ -1,5 +1,5 @@
 """Sampling utilities of the built-in engine: counter-based noise, top-k / top-p truncation,
-one sampling step, and stop-string matching.
+one sampling step, stop-string matching, and a sample cut at its stop (`completion`).
 
 Noise is counter-based (like Philox): the uniform of (request seed, sample index, decode
 step) is a pure function of those integers, computed with an integer hash on the device. So
@@ -14,6 +14,8 @@ from __future__ import annotations
 from typing import Callable, Sequence
 
 import torch
+
+from rl2f.engine.types import CompletionOutput, SamplingParams
 
 _M32 = 0xFFFFFFFF
 
@@ -86,7 +88,7 @@ def truncation_mask(scaled: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tens
 def sample_step(
     logits: torch.Tensor,
     temperature: torch.Tensor,
-    keys: torch.Tensor,
+    keys: torch.Tensor | None,
     step: int,
     top_k: torch.Tensor | None = None,
     top_p: torch.Tensor | None = None,
@@ -100,7 +102,8 @@ def sample_step(
     top_k / top_p: (B,) or None when no row truncates (skips the vocabulary sort);
     all_greedy / any_greedy: whether every / some row is greedy (False skips the argmax);
     uniform: (B,) row_uniform(keys, step) when the caller drew it already (a decode loop
-    draws every step's at once: the hash is ~40 small integer ops, not worth per step).
+    draws every step's at once: the hash is ~40 small integer ops, not worth per step);
+    then `keys` is not needed.
     The log-prob is log_softmax(logits / T) at the token over the full vocabulary (T = 1 for
     greedy rows), i.e. before truncation: what the trainer recomputes.
     """
@@ -172,3 +175,22 @@ def tail_has_stop(
     window = 4 * max(len(s) for s in stops) + 4
     start = max(0, checked - window)
     return find_stop(decode(list(token_ids[start:])), stops) is not None
+
+
+def completion(index: int, ids: list[int], logprobs: list[float], sp: SamplingParams, stop_ids,
+               decode: Callable[[list[int]], str]) -> CompletionOutput:
+    """Sample `index` of a request as returned: its tokens (and their log-probs) cut at its
+    stop token or first stop string, as types.py says."""
+    ends_with_stop_token = bool(ids) and ids[-1] in stop_ids
+    body = ids[:-1] if ends_with_stop_token else ids
+    cut = truncate_at_stop(body, decode, sp.stop) if sp.stop else None
+    n = len(ids)
+    if cut is not None:
+        n, text, stop_reason = cut
+        finish = "stop"
+    elif ends_with_stop_token:
+        text, stop_reason, finish = decode(body), ids[-1], "stop"
+    else:
+        text, stop_reason, finish = decode(ids), None, "length"
+    return CompletionOutput(index=index, text=text, token_ids=ids[:n], logprobs=logprobs[:n] if sp.logprobs else None,
+                            finish_reason=finish, stop_reason=stop_reason)

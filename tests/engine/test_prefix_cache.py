@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from rl2f.engine import BuiltinEngine, SamplingParams
-from rl2f.engine.builtin import PrefixCache
+from rl2f.engine.prefix_cache import PrefixCache
 from rl2f.episodes import EpisodeRunner
 from rl2f.lora import apply_lora, lora_layers
 from rl2f.model import build_tiny_checkpoint, load_model, load_tokenizer
@@ -248,7 +248,7 @@ def test_rows_are_prefilled_in_groups_of_similar_width(student):
 def test_prefill_groups_hand_computed():
     """Runs end only where the width changes, and a split is taken when the padding it saves
     is worth more than the forward it adds."""
-    from rl2f.engine.builtin import _prefill_groups
+    from rl2f.engine.batch import _prefill_groups
     assert _prefill_groups([24] * 51 + [34, 34, 35], 64) == [(0, 51, 24), (51, 54, 35)]  # saves 561 > 64
     assert _prefill_groups([24] * 30 + [25] * 20, 64) == [(0, 50, 25)]  # saves 30 < 64
     assert _prefill_groups([1, 100], 64) == [(0, 1, 1), (1, 2, 100)]  # saves 99 > 64
