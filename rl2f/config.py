@@ -205,7 +205,7 @@ class TaskSection:
     options: dict = _f(factory=dict, help="the task's options, passed to get_task(name, **options)")
     n_train: int = _f(256, help=f"training problems drawn from the task's train split (at most {MAX_PROBLEMS:,})")
     n_eval: int = _f(100, help=f"held-out problems (test split, at most {MAX_PROBLEMS:,})")
-    seed: int = _f(0, help="problem generation seed (>= 0); it also orders GRPO's stream of train problems")
+    seed: int = _f(0, help="problem generation seed (>= 0): which problems the train and test splits hold")
 
     def __post_init__(self):
         # a task file by its absolute path: a resumed run, evaluate and generate find the same file
@@ -219,7 +219,7 @@ class TaskSection:
                                  f"got {getattr(self, name):,}")
 
 
-TEACHERS = ("programmatic", "llm", "retry", "placebo", "self")  # built in (rl2f/teacher.py)
+TEACHERS = ("programmatic", "llm", "retry", "placebo", "decoy", "self")  # built in (rl2f/teacher.py)
 
 
 @dataclasses.dataclass
@@ -237,7 +237,7 @@ class RolloutSection:
     teacher: str = _f(
         "programmatic",
         help="programmatic (the task's hints) | llm | retry ('incorrect, try again') | placebo (the hint format, "
-             "no content) | self (the student critiques itself), or a teacher class of the user's: "
+             "no content) | decoy (the real hints about a decoy answer from the task's prior) | self (the student critiques itself), or a teacher class of the user's: "
              '"package.module:Class" | "path/to/file.py:Class" | a name registered under the entry-point group '
              'rl2f.teachers (rl2f.teacher.GuardedTeacher: its messages are guarded)')
     teacher_max_new_tokens: int = _f(64, help="most tokens per generated teacher message (llm and self teachers)")
@@ -414,7 +414,7 @@ class TrainSection:
     sft_data: str = _f("", help='JSONL of dialogues for SFT ("" = generate from the task with its hints)')
     sft_epochs: int = _f(1, help="SFT: passes over the dialogues (train.max_steps still bounds the run)")
     save_every: int = _f(0, help="steps between checkpoints (0 = only at the end)")
-    seed: int = _f(0, help="seeds the global RNGs (+ the rank), the fresh LoRA's init and SFT's data order")
+    seed: int = _f(0, help="seeds the global RNGs (+ the rank), the fresh LoRA's init and the order of the training data (GRPO's problems, SFT's dialogues)")
     eval_every: int = _f(0, help="GRPO: every N steps, play train.eval_problems held-out problems (the task's "
                                  "test split) with the training teacher and append acc@t, correction rate, "
                                  "plasticity and leak rate to OUT/eval.jsonl (0 = off)")

@@ -7,6 +7,8 @@
 - `PlaceboTeacher`: the task's hint format with no information about the answer (a random
   digit and direction for the secret task): feedback minus placebo isolates the value of the
   content, where retry also changes the format the model sees.
+- `DecoyTeacher`: the task's real hints about a decoy answer drawn from the same prior: the
+  strictest placebo, in the hints' own words and as consistent as they are.
 - `SelfCritiqueTeacher`: no teacher at all: the student itself (adapter on) writes the
   critique in the teacher's turn, from its own context, with no privileged information
   (`rl2f self-correct`; trained by the critique-prediction term).
@@ -25,6 +27,7 @@ one engine call.
 from __future__ import annotations
 
 import functools
+import inspect
 import random
 import zlib
 from dataclasses import dataclass, field, replace
@@ -88,22 +91,64 @@ class RetryTeacher:
         return [Feedback(RETRY_MESSAGE) for _ in requests]
 
 
+def attempts_before(r: FeedbackRequest) -> list[str]:
+    """The student's attempts in this episode before the one being answered."""
+    return [m["content"] for m in r.history if m["role"] == "assistant"][:-1]
+
+
 class PlaceboTeacher:
     """`task.placebo_hint`, drawn from a generator seeded by the problem id, the turn and the
-    attempt: reproducible, and blind to the answer (the hook never reads it)."""
+    attempt: reproducible, and blind to the answer (the hook never reads it). A hook with an
+    `earlier` parameter also gets the episode's earlier attempts (to draw the real hints'
+    odds among what they have not ruled out)."""
 
     def __init__(self, task: Task):
         self.task = task
+        hook = getattr(task, "placebo_hint", None)
+        self.with_earlier = hook is not None and "earlier" in inspect.signature(hook).parameters
 
     def feedback(self, requests: list[FeedbackRequest]) -> list[Feedback]:
         out = []
         for r in requests:
             rng = random.Random(f"placebo|{r.problem.id}|{len(r.history)}|{r.attempt}")
+            extra = {"earlier": attempts_before(r)} if self.with_earlier else {}
             try:
-                out.append(Feedback(self.task.placebo_hint(r.problem, r.attempt, r.verdict, rng)))
+                out.append(Feedback(self.task.placebo_hint(r.problem, r.attempt, r.verdict, rng, **extra)))
             except NotImplementedError as e:
                 raise UserError(f"rollout.teacher = 'placebo': {e}") from None
         return out
+
+
+class DecoyTeacher:
+    """The task's real hints, about a decoy: the same problem with an answer drawn from the
+    task's prior independently of the real one (`task.decoy`). The hints are in the real
+    hints' words and as consistent as real ones, and say nothing about the real answer. When
+    the student names the decoy (which the real teacher would never call wrong), a new decoy
+    is drawn among the answers not yet tried, so that the decoy stays distributed as the
+    real answer is given the wrong attempts. Stateless: each call replays the episode's
+    attempts from a generator seeded by the problem id."""
+
+    def __init__(self, task: Task):
+        self.task = task
+
+    def feedback(self, requests: list[FeedbackRequest]) -> list[Feedback]:
+        return [Feedback(self._hint(r)) for r in requests]
+
+    def _hint(self, r: FeedbackRequest) -> str:
+        task = self.task
+        rng = random.Random(f"decoy|{r.problem.id}")
+        tried: set[str] = set()
+        try:
+            decoy = task.decoy(r.problem, rng)
+            for attempt in attempts_before(r) + [r.attempt]:
+                verdict = task.verify(attempt, decoy)
+                if verdict.answer is not None:
+                    tried.add(verdict.answer)
+                if verdict.correct:
+                    decoy = task.decoy(r.problem, rng, exclude=tried)
+        except NotImplementedError as e:
+            raise UserError(f"rollout.teacher = 'decoy': {e}") from None
+        return task.hint(decoy, r.attempt, task.verify(r.attempt, decoy))
 
 
 TEACHER_SYSTEM = (
@@ -342,6 +387,8 @@ def make_teacher(kind: str, task: Task, engine=None, tokenizer=None, sampling_pa
         return RetryTeacher()
     if kind == "placebo":
         return PlaceboTeacher(task)
+    if kind == "decoy":
+        return DecoyTeacher(task)
     if kind == "llm":
         judge = LLMJudge(engine, tokenizer) if leak_judge else None
         return LLMTeacher(task, engine, tokenizer, sampling_params, max_tries, judge=judge, system=system)

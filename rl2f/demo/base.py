@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from rl2f.demo.data import write_warmup_chats
+from rl2f.demo.data import WarmStart, write_chats
 from rl2f.model import build_tiny_checkpoint, load_model, load_tokenizer
 from rl2f.model.tiny import write_checkpoint
 from rl2f.train.batch import collate, forward_hidden, gather_logprobs
@@ -47,7 +47,7 @@ def pretrain_base(out_dir: Path, task, budget: dict, seed: int = 0, log=print) -
     for p in model.parameters():
         p.requires_grad_(True)
     model.train()
-    chats = write_warmup_chats(out_dir / "warmup.jsonl", task, budget["sft_dialogues"], seed)
+    chats = write_chats(out_dir / "warmup.jsonl", task, budget["sft_dialogues"], seed, WarmStart(follow=0.35), retry=0.2)
     seqs = [chat_sequence(json.loads(line)["messages"], tok) for line in chats.open()]
     steps, lr = budget["pretrain_steps"], budget["pretrain_lr"]
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)

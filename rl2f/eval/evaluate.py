@@ -8,6 +8,8 @@ kinds of `controls` (default feedback and retry) and pass@K:
 - retry episodes: up to T turns where the teacher only says "incorrect, try again";
 - placebo episodes: up to T turns of the task's hint format with no information about the
   answer (rl2f/teacher.py, "placebo"); feedback minus placebo is the value of the content;
+- decoy episodes: up to T turns of the task's real hints about a decoy answer drawn from the
+  task's prior (rl2f/teacher.py, "decoy"): the stricter placebo (`decoy_content_effect`);
 - pass@K samples: K (default T; 0 = none) independent single-turn samples per problem (x
   samples_per_problem);
 - self-correction episodes (models named in `self_correct`): the student critiques its own
@@ -46,9 +48,12 @@ from rl2f.tasks.base import Problem, Task, Verdict
 
 SCHEMA = "rl2f.eval.report/1"
 SELF_SUFFIX = "_self_correct"
-PHASES = ("feedback", "retry", "pass", "placebo", "self", "self_free")  # episode kinds, in the order they are played
-CONTROLS = ("feedback", "retry", "placebo")  # the multi-turn kinds a caller chooses among (`controls`)
-TEACHERS = {"retry": "retry", "pass": "retry", "placebo": "placebo", "self": "self", "self_free": "self"}
+PHASES = ("feedback", "retry", "pass", "placebo", "decoy", "self", "self_free")  # episode kinds, in the order they are played
+CONTROLS = ("feedback", "retry", "placebo", "decoy")  # the multi-turn kinds a caller chooses among (`controls`)
+TEACHERS = {"retry": "retry", "pass": "retry", "placebo": "placebo", "decoy": "decoy", "self": "self", "self_free": "self"}
+
+# The placebo controls and the report field of each one's content effect (feedback minus it).
+PLACEBOS = {"placebo": "content_effect", "decoy": "decoy_content_effect"}
 
 Progress = Callable[[int, int, str], None]  # (problems just done, total, what is running)
 
@@ -333,14 +338,15 @@ def _solved(by_seed: dict[int, list[Episode]], keys, T: int, seeds) -> np.ndarra
 
 def _contrast(a, b, keys, T: int, seeds, idx, **extra) -> dict:
     """Paired acc@t differences of two report rows (episodes, kind), and of their content
-    effects (feedback minus placebo) where both rows have placebo episodes."""
+    effects (feedback minus a placebo) where both rows have that placebo's episodes."""
     (eps_a, kind_a), (eps_b, kind_b) = a, b
     diff = _solved(eps_a[kind_a], keys, T, seeds) - _solved(eps_b[kind_b], keys, T, seeds)  # (S, N, T)
     out = {**extra, "delta_acc_at": [float(x) for x in diff.mean(axis=(0, 1))], "delta_acc_at_ci": mean_ci(diff, idx)}
-    if kind_a == kind_b == "feedback" and "placebo" in eps_a and "placebo" in eps_b:
-        content = diff - (_solved(eps_a["placebo"], keys, T, seeds) - _solved(eps_b["placebo"], keys, T, seeds))
-        out["delta_content_effect"] = [float(x) for x in content.mean(axis=(0, 1))]
-        out["delta_content_effect_ci"] = mean_ci(content, idx)
+    for control, field in PLACEBOS.items():
+        if kind_a == kind_b == "feedback" and control in eps_a and control in eps_b:
+            content = diff - (_solved(eps_a[control], keys, T, seeds) - _solved(eps_b[control], keys, T, seeds))
+            out[f"delta_{field}"] = [float(x) for x in content.mean(axis=(0, 1))]
+            out[f"delta_{field}_ci"] = mean_ci(content, idx)
     return out
 
 
@@ -384,7 +390,7 @@ def _metrics(eps, kind: str, keys, T: int, K: int, seeds: list[int], idx) -> dic
     where they were played."""
     tables = lambda k: [problem_table(eps[k][s], T, keys) for s in seeds]  # noqa: E731
     m = metrics_with_ci(tables(kind), idx)
-    for control in ("retry", "placebo"):
+    for control in ("retry", *PLACEBOS):
         if control in eps:
             solved = np.stack([t.solved_by for t in tables(control)])  # (S, N, T)
             m[f"{control}_acc_at"] = [float(x) for x in solved.mean(axis=(0, 1))]
@@ -394,8 +400,9 @@ def _metrics(eps, kind: str, keys, T: int, K: int, seeds: list[int], idx) -> dic
         m["pass_at_k"] = float(pk.mean())
         m["pass_at_k_ci"] = mean_ci(pk, idx)
         m["pass_at_k_per_seed"] = [float(x) for x in pk.mean(axis=1)]
-    if kind == "feedback" and "placebo" in eps:
-        effect = np.stack([t.solved_by for t in tables(kind)]) - np.stack([t.solved_by for t in tables("placebo")])
-        m["content_effect"] = [float(x) for x in effect.mean(axis=(0, 1))]
-        m["content_effect_ci"] = mean_ci(effect, idx)
+    for control, field in PLACEBOS.items():
+        if kind == "feedback" and control in eps:
+            effect = np.stack([t.solved_by for t in tables(kind)]) - np.stack([t.solved_by for t in tables(control)])
+            m[field] = [float(x) for x in effect.mean(axis=(0, 1))]
+            m[f"{field}_ci"] = mean_ci(effect, idx)
     return m

@@ -33,7 +33,8 @@ Top level:
                         for (`contrasts`), the same paired differences between any two models;
                         where both have placebo episodes also delta_content_effect (the
                         difference of their content effects, per turn) and
-                        delta_content_effect_ci
+                        delta_content_effect_ci; with decoy episodes, the same as
+                        delta_decoy_content_effect(_ci)
     seeds               the seeds; each seed is one full pass over the problems (an
                         evaluation seed, or in the demo a training seed with its own adapter);
                         point estimates pool the seeds, intervals resample them
@@ -46,12 +47,15 @@ Top level:
     ci_level            0.95
     config              the run config as plain data (eval.max_turns set to T)
     wall_seconds        wall time of the whole evaluation
+    reference_lines     (optional, the demo's) {label: [acc@t for t = 1..]}: what reference
+                        policies reach (the hint-blind and hint-optimal ceilings), drawn in
+                        grey in the accuracy plots
 
 Model entry (`models[name]`):
     adapter                  adapter directory, null for the base
     teacher                  who wrote the feedback of the episodes acc_at is of: the config's
-                             rollout.teacher ("programmatic", "llm", ...); "retry" or
-                             "placebo" when those controls were played without the
+                             rollout.teacher ("programmatic", "llm", ...); "retry",
+                             "placebo" or "decoy" when those controls were played without the
                              feedback episodes; "self" for NAME_self_correct
     acc_at                   [acc@1, ..., acc@T]: per problem the fraction of its episodes
                              solved at some turn <= t, averaged over problems; non-decreasing
@@ -88,6 +92,10 @@ Model entry (`models[name]`):
     content_effect           (feedback and placebo episodes) acc@t(feedback) - acc@t(placebo) per turn: the value of the
                              feedback's content, where retry also changes the format;
                              content_effect_ci
+    decoy_acc_at             (with decoy episodes) acc@t when the teacher gives the real hints
+                             about a decoy answer from the task's prior; decoy_acc_at_ci
+    decoy_content_effect     (feedback and decoy episodes) acc@t(feedback) - acc@t(decoy) per
+                             turn: the stricter content effect; decoy_content_effect_ci
     n_problems               problems evaluated
     n_episodes               feedback episodes (problems x samples_per_problem x seeds)
     verifier_gated           (NAME_self_correct only) true: the verifier stops the episode at
@@ -126,6 +134,7 @@ def markdown_table(report: dict) -> str:
     tasks = ", ".join(f"{t} ({n})" for t, n in report["tasks"].items())
     models = report["models"]
     placebo = any("placebo_acc_at" in m for m in models.values())
+    decoy = any("decoy_acc_at" in m for m in models.values())
     retry = any("retry_acc_at" in m for m in models.values())
     lines = [
         f"Evaluation: {report['n_problems']} problems ({tasks}), T = {T} turns, "
@@ -134,8 +143,10 @@ def markdown_table(report: dict) -> str:
         "",
         f"| model | feedback | acc@1 | acc@{T} [95% CI] | gain |" + (f" retry acc@{T} |" if retry else "")
         + (f" placebo acc@{T} | content effect |" if placebo else "")
+        + (f" decoy acc@{T} | decoy content effect |" if decoy else "")
         + (f" pass@{K} |" if K else "") + " correction | plasticity | leak | problems |",
-        "|---|---|---|---|---|" + ("---|" if retry else "") + ("---|---|" if placebo else "") + ("---|" if K else "")
+        "|---|---|---|---|---|" + ("---|" if retry else "") + ("---|---|" if placebo else "") + ("---|---|" if decoy else "")
+        + ("---|" if K else "")
         + "---|---|---|---|",
     ]
     for name, m in models.items():
@@ -148,6 +159,10 @@ def markdown_table(report: dict) -> str:
             row += f" {_f(m['placebo_acc_at'][-1])} |" if "placebo_acc_at" in m else " - |"
             row += (f" {m['content_effect'][-1]:+.3f}{_ci(m['content_effect_ci'][-1])} |"
                     if "content_effect" in m else " - |")
+        if decoy:
+            row += f" {_f(m['decoy_acc_at'][-1])} |" if "decoy_acc_at" in m else " - |"
+            row += (f" {m['decoy_content_effect'][-1]:+.3f}{_ci(m['decoy_content_effect_ci'][-1])} |"
+                    if "decoy_content_effect" in m else " - |")
         if K:
             row += f" {_f(m.get('pass_at_k'))} |"
         lines.append(row + f" {_f(m['correction_rate'])} | {_f(m['plasticity'])} "
@@ -166,18 +181,19 @@ def markdown_table(report: dict) -> str:
         for name, p in report["paired"].items():
             lines.append(f"| {name} | {p['delta_acc_at'][-1]:+.3f}{_ci(p['delta_acc_at_ci'][-1])} |")
     if report.get("contrasts"):
-        content = any("delta_content_effect" in c for c in report["contrasts"].values())
+        effects = [(f, title) for f, title in (("delta_content_effect", "delta content effect"),
+                                                ("delta_decoy_content_effect", "delta decoy content effect"))
+                   if any(f in c for c in report["contrasts"].values())]
         lines += ["", "Paired contrasts (same problems and seeds):", "",
-                  f"| contrast | delta acc@1 | delta acc@{T} [95% CI] |" + (" delta content effect [95% CI] |" if content else ""),
-                  "|---|---|---|" + ("---|" if content else "")]
+                  f"| contrast | delta acc@1 | delta acc@{T} [95% CI] |" + "".join(f" {t} [95% CI] |" for _, t in effects),
+                  "|---|---|---|" + "---|" * len(effects)]
         for key, c in report["contrasts"].items():
             row = f"| {key} | {c['delta_acc_at'][0]:+.3f} | {c['delta_acc_at'][-1]:+.3f}{_ci(c['delta_acc_at_ci'][-1])} |"
-            if content:
-                row += (f" {c['delta_content_effect'][-1]:+.3f}{_ci(c['delta_content_effect_ci'][-1])} |"
-                        if "delta_content_effect" in c else " - |")
+            for f, _ in effects:
+                row += f" {c[f][-1]:+.3f}{_ci(c[f + '_ci'][-1])} |" if f in c else " - |"
             lines.append(row)
     lines += ["", "Cumulative accuracy acc@t (retry: the teacher only says \"incorrect, try again\"; placebo: the "
-              "hint's format, no content):", "",
+              "hint's format, no content; decoy: the real hints about a decoy answer):", "",
               "| model | " + " | ".join(f"t={t}" for t in range(1, T + 1)) + " |",
               "|---|" + "---|" * T]
     for name, m in models.items():
@@ -187,30 +203,47 @@ def markdown_table(report: dict) -> str:
                 lines.append(f"| {name} (retry) | " + " | ".join(_f(v) for v in m["retry_acc_at"]) + " |")
             if "placebo_acc_at" in m and m["teacher"] != "placebo":
                 lines.append(f"| {name} (placebo) | " + " | ".join(_f(v) for v in m["placebo_acc_at"]) + " |")
+            if "decoy_acc_at" in m and m["teacher"] != "decoy":
+                lines.append(f"| {name} (decoy) | " + " | ".join(_f(v) for v in m["decoy_acc_at"]) + " |")
     return "\n".join(lines) + "\n"
 
 
+REFERENCE_GREY = (150, 150, 150)
+
+
 def write_plots(report: dict, out_dir: str | Path) -> list[Path]:
-    """accuracy.png, and plasticity.png / correction.png when T >= 2."""
+    """accuracy.png (with the report's `reference_lines`, where it has them, in grey),
+    controls.png when decoy episodes were played (each model with feedback and with the decoy),
+    and plasticity.png / correction.png when T >= 2."""
     out_dir = Path(out_dir)
     T = report["max_turns"]
+    turns = list(range(1, T + 1))
     models = report["models"]
     colors = {name: PALETTE[i % len(PALETTE)] for i, name in enumerate(models)}
+    references = [Series(label, y[:T], None, REFERENCE_GREY, dashed=True, markers=False)
+                  for label, y in report.get("reference_lines", {}).items()]
     acc = []
     for name, m in models.items():
         acc.append(Series(name, m["acc_at"], m["acc_at_ci"], colors[name]))
         if not name.endswith("_self_correct") and "retry_acc_at" in m and m["teacher"] != "retry":
             acc.append(Series(f"{name} retry", m["retry_acc_at"], None, colors[name], dashed=True))
-    paths = [line_plot(acc, out_dir / "accuracy.png", "Cumulative accuracy acc@t (95% CI)", "turn t", "acc@t",
-                       list(range(1, T + 1)))]
+    paths = [line_plot(acc + references, out_dir / "accuracy.png", "Cumulative accuracy acc@t (95% CI)", "turn t",
+                       "acc@t", turns)]
+    decoy = [(name, m) for name, m in models.items() if "decoy_acc_at" in m and not name.endswith("_self_correct")]
+    if decoy:
+        series = [s for name, m in decoy for s in (Series(name, m["acc_at"], None, colors[name]),
+                                                     Series(f"{name} decoy", m["decoy_acc_at"], None, colors[name],
+                                                            dashed=True))]
+        paths.append(line_plot(series + references, out_dir / "controls.png",
+                               "acc@t with the hints (solid) and with a decoy's hints (dashed)", "turn t", "acc@t",
+                               turns))
     if T >= 2:
-        turns = list(range(1, T))
         for key, file, title in (("plasticity", "plasticity.png", "Plasticity: answer changed after feedback"),
                                  ("correction_rate", "correction.png", "Correction rate P(correct t+1 | wrong t)")):
             series = [Series(name, m[f"{key}_per_turn"], m[f"{key}_per_turn_ci"], colors[name])
                       for name, m in models.items()]
             paths.append(line_plot(series, out_dir / file, title, "turn t (feedback after it)", key.replace("_", " "),
-                                   turns))
+                                   turns[:-1]))
     return paths
 
 

@@ -368,7 +368,6 @@ class DecoderModel(nn.Module):
     def forward(self, input_ids, attention_mask=None, position_ids=None, cache=None):
         if isinstance(cache, SharedPrefix):
             return self._forward_shared(input_ids, cache)
-        cfg = self.config
         B, T = input_ids.shape
         past = cache.length if cache is not None else 0
         S = past + T

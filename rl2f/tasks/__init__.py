@@ -1,7 +1,9 @@
 """Verifiable tasks: `get_task(name, **options)`.
 
-`name` is a built-in task (math, maze, puzzle, code, secret: the hidden-information task of
-the embedded demo; jsonl: problems from a data file; reasoning_gym: reasoning-gym's datasets), a task an installed package registers under the entry-point group
+`name` is a built-in task (math, maze, puzzle, code, highlow: the hidden-information task of
+the embedded demo; secret: its digit-sum predecessor; jsonl: problems from a data file;
+reasoning_gym: reasoning-gym's datasets), a task an installed package registers under the
+entry-point group
 `rl2f.tasks`, or the task's class itself: "package.module:Class" or "path/to/file.py:Class"
 (rl2f.plugins). A task class subclasses `rl2f.tasks.base.Task`.
 """
@@ -19,6 +21,7 @@ BUILTIN = {
     "puzzle": "rl2f.tasks.puzzle:PuzzleTask",
     "code": "rl2f.tasks.code:CodeTask",
     "secret": "rl2f.tasks.secret:SecretNumberTask",
+    "highlow": "rl2f.tasks.highlow:HighLowTask",
     "jsonl": "rl2f.tasks.data:JsonlTask",
     "reasoning_gym": "rl2f.tasks.gym:ReasoningGymTask",
 }

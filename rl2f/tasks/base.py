@@ -76,6 +76,12 @@ class Task(ABC):
         difference to `hint` isolates the value of the hint's content (RL2F.md, Metrics)."""
         raise NotImplementedError(f"task '{self.name}' has no placebo hint")
 
+    def decoy(self, problem: Problem, rng: random.Random, exclude: set[str] = frozenset()) -> Problem:
+        """`problem` with a decoy answer drawn from `rng` as the task draws real answers for
+        its prompt, never one of `exclude`, independently of `problem.answer`: the decoy
+        teacher gives the real hints about it (rl2f/teacher.py, `DecoyTeacher`)."""
+        raise NotImplementedError(f"task '{self.name}' has no decoy answers")
+
     def answer_forms(self, problem: Problem) -> list[str]:
         """Strings whose appearance in a teacher message leaks the answer (for the leak guard)."""
         return [problem.answer] if problem.answer else []

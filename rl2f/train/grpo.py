@@ -310,7 +310,7 @@ def train_grpo(cfg: RunConfig, out_dir: str | Path, resume: str | Path | None = 
     run, totals = loop.run, loop.totals
     runner = training_runner(run)
     problems = train_problems(cfg, run.task)
-    stream = EpochStream(len(problems), cfg.task.seed)
+    stream = EpochStream(len(problems), t.seed)  # train.seed orders the stream: training seeds see different problems
     temperature = cfg.rollout.temperature if cfg.rollout.temperature > 0 else 1.0
 
     def budget_spent() -> bool:

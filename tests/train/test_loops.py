@@ -337,3 +337,34 @@ def test_generation_budget_stops_grpo(tmp_path, tiny_ckpt, warm_start):
     assert record["step"] == 2 and len(rows) == 2 and record["checkpoint"].endswith("step-000002")
     assert rows[-1]["student_tokens_total"] == sum(r["student_tokens"] for r in rows) >= budget
     assert rows[0]["student_tokens_total"] < budget
+
+
+def test_train_seed_orders_the_stream_of_training_problems(tmp_path, tiny_ckpt, monkeypatch):
+    """train.seed, not task.seed, orders GRPO's stream of training problems: two training
+    seeds of one task see different problems in their first step (the demo's seeds were meant
+    to, and an audit found they did not), and the same seed sees the same ones."""
+    import rl2f.train.grpo as grpo
+
+    seen: list[list[str]] = []
+    real = grpo.training_runner
+
+    def spy(run):
+        runner = real(run)
+        play = runner.run
+
+        def run_and_record(problems, *a, **k):
+            seen.append([p.id for p in problems])
+            return play(problems, *a, **k)
+
+        runner.run = run_and_record
+        return runner
+
+    monkeypatch.setattr(grpo, "training_runner", spy)
+    firsts = {}
+    for name, seed in (("a", 0), ("b", 1), ("c", 0)):
+        seen.clear()
+        cfg = tiny_config(tiny_ckpt, 'train.method="rlvr"', "train.max_steps=1", f"train.seed={seed}",
+                          "rollout.problems_per_batch=4")
+        train_grpo(cfg, tmp_path / name)
+        firsts[name] = seen[0]
+    assert firsts["a"] == firsts["c"] and firsts["a"] != firsts["b"]
