@@ -25,7 +25,6 @@ import torch
 
 from benchmarks import harness
 from rl2f.config import RunConfig, load_config
-from rl2f.distributed import Dist
 from rl2f.episodes import Role
 from rl2f.eval.evaluate import play_models, resolve_problems
 from rl2f.model import load_model, load_tokenizer

@@ -2,7 +2,7 @@
 
     rl2f evaluate --config FILE [--set section.key=value ...] --adapter NAME=DIR ... [--base/--no-base]
                   [--task NAME ...] [--turns T] [--problems N] [--seeds 0,1,2] [--self-correct NAME ...]
-                  [--controls hints,retry,placebo] [--pass-at-k K] [--save-episodes] --out DIR
+                  [--controls hints,retry,placebo,decoy] [--pass-at-k K] [--save-episodes] --out DIR
 
 Example (CPU, the embedded tiny model):
     rl2f evaluate --config configs/tiny-rl2f.toml --adapter rl2f=runs/tiny-rl2f-rl2f \
@@ -11,7 +11,7 @@ Example (CPU, the embedded tiny model):
 An adapter is an adapter directory, a checkpoint, or a training run's --out (its newest
 checkpoint). For every model: acc@1..T with teacher feedback (hints), and the controls
 chosen with --controls (retry: "incorrect, try again"; placebo: the hints' format with no
-information), pass@K (K = T independent samples unless --pass-at-k), correction rate,
+information; decoy: the real hints about a decoy answer from the task's prior), pass@K (K = T independent samples unless --pass-at-k), correction rate,
 plasticity and leak rate, with 95% bootstrap intervals over seeds and problems. Progress: a
 bar on a terminal, one line per batch of eval.batch_size problems in a log. Writes DIR/report.json (schema: rl2f/eval/report.py), DIR/report.md
 and DIR/*.png, and prints the Markdown table.
@@ -48,7 +48,7 @@ def parse_seeds(text: str) -> list[int]:
 
 
 # --controls names -> episode kinds (rl2f.eval.evaluate.CONTROLS)
-CONTROL_NAMES = {"hints": "feedback", "retry": "retry", "placebo": "placebo"}
+CONTROL_NAMES = {"hints": "feedback", "retry": "retry", "placebo": "placebo", "decoy": "decoy"}
 
 
 def parse_controls(text: str) -> tuple[str, ...]:
@@ -147,8 +147,8 @@ def run_and_write(fn, out: str, label: str, **kw) -> dict:
               help="Also run model NAME (an adapter name or 'base') with self-critique instead of a teacher.")
 @click.option("--controls", default="hints,retry", show_default=True,
               help="Episodes played for every model, any of: hints (the config's teacher), retry (\"incorrect, "
-                   "try again\"), placebo (the hints' format, no information). acc@t is of hints, else of the "
-                   "first given.")
+                   "try again\"), placebo (the hints' format, no information), decoy (the real hints about a decoy "
+                   "answer; tasks with decoy answers, e.g. highlow). acc@t is of hints, else of the first given.")
 @click.option("--pass-at-k", "pass_at_k", type=int, default=None,
               help="K of pass@K: K independent one-turn samples per problem (default: T; 0 = none).")
 @click.option("--save-episodes", is_flag=True, help="Also write every episode as JSONL under DIR/episodes/.")

@@ -422,4 +422,18 @@ def evidence_markdown(report: dict) -> str:
         "On a hidden-information task a self-critique cannot carry the missing bits, so neither is expected to "
         "beat retry.",
         "",
+        *tuning_markdown(pre),
     ])
+
+
+def tuning_markdown(pre: dict) -> list[str]:
+    """The tuning runs' numbers that chose each arm's learning rate (rl2f/demo/prereg.py)."""
+    if not pre["tuning"]:
+        return ["No tuning numbers are recorded in rl2f/demo/prereg.py: every arm ran at the grid's middle.", ""]
+    grid = pre["lr_grid"]
+    lines = [f"### Tuning (acc@{pre['decisive_turn']} with the hints on the tuning problems; seed "
+             f"{pre['tuning_seeds']}, task seed {pre['tuning_task_seed']})", "",
+             "| arm | " + " | ".join(f"lr {lr:g}" for lr in grid) + " | chosen |", "|---|" + "---|" * (len(grid) + 1)]
+    for arm, by_lr in pre["tuning"].items():
+        lines.append(f"| {arm} | " + " | ".join(f"{by_lr[f'{lr:g}']:.3f}" for lr in grid) + f" | {pre['lr'][arm]:g} |")
+    return lines + [""]
