@@ -235,7 +235,7 @@ def write_plots(report: dict, out_dir: str | Path) -> list[Path]:
                                                      Series(f"{name} decoy", m["decoy_acc_at"], None, colors[name],
                                                             dashed=True))]
         paths.append(line_plot(series + references, out_dir / "controls.png",
-                               "acc@t with the hints (solid) and with a decoy's hints (dashed)", "turn t", "acc@t",
+                               "acc@t: hints (solid), a decoy's hints (dashed)", "turn t", "acc@t",
                                turns))
     if T >= 2:
         for key, file, title in (("plasticity", "plasticity.png", "Plasticity: answer changed after feedback"),
