@@ -5,7 +5,10 @@ Both train a LoRA (r16, alpha 32, all 7 projections) on one checkpoint with the 
 single turn (the shape both trainers share), beta 0, clip 0.2 / 0.28, one optimiser step
 per rollout, and the same gradient checkpointing (rl2f turns it on on CUDA only, so TRL
 gets it on CUDA and off on CPU; the result records the setting). The reward is a fixed
-pseudo-random bit of the completion text, so groups have variance and no step is skipped.
+pseudo-random bit of the completion text, so groups have variance and no step is skipped;
+a group whose rewards happen to be equal (likelier with small groups or a real model's
+repeated completions) is still trained by rl2f (`train.drop_zero_variance=false`), as TRL
+trains it, so both back-propagate the same batch.
 
 Fairness: each provider runs in a fresh subprocess, `--rounds` times, in an order that flips
 each round (rl2f, trl, trl, rl2f, ...), so load that drifts during the run hits both alike.
@@ -20,9 +23,17 @@ benchmarks/requirements.txt); otherwise it is recorded as skipped.
     python -m benchmarks.bench_grpo_step                          # CPU: the tiny model
     python -m benchmarks.bench_grpo_step --rounds 5               # the README's CPU numbers
     python -m benchmarks.bench_grpo_step --configs tiny,1b        # GPU: + a Llama-3.2-1B-shaped model
+    python -m benchmarks.bench_grpo_step --configs smollm2        # the fetched SmolLM2-135M-Instruct
+
+Configs: `tiny` (the embedded 2-layer Llama), `1b` (random weights in Llama-3.2-1B's shape with
+the tiny tokenizer), `smollm2` (the checkpoint `rl2f fetch-model smollm2` converted, read from
+its cache directory by both providers: rl2f's loader and transformers' AutoModelForCausalLM /
+AutoTokenizer; never downloaded here). On a real instruct model a completion may stop at the
+end-of-turn token before `--new-tokens`, so the tokens counted are the ones generated.
 
 The last line of output is one JSON object; it is also written to
-benchmarks/results/grpo_step-<device>.json.
+benchmarks/results/grpo_step-<device>.json (grpo_step.<configs>-<device>.json when --configs
+is not the default).
 """
 from __future__ import annotations
 
@@ -58,13 +69,19 @@ def prompts(n: int) -> list[str]:
 
 
 # --------------------------------------------------------------------------- checkpoints
+CONFIGS = ("tiny", "1b", "smollm2")
+
+
 def write_checkpoint(out: Path, name: str) -> Path:
     """The tiny embedded checkpoint (Llama family, so transformers and TRL load it as is),
-    or random weights in Llama-3.2-1B's shape with the tiny tokenizer."""
+    random weights in Llama-3.2-1B's shape with the tiny tokenizer, or the fetched SmolLM2
+    (its cache directory as it is: nothing is written)."""
     from rl2f.model import build_tiny_checkpoint
 
     if name == "tiny":
         return build_tiny_checkpoint(out, family="llama")
+    if name == "smollm2":
+        return smollm2_dir()
     from rl2f.model import tokenizer as tok_mod
     from rl2f.model.tiny import build_tiny_model, write_checkpoint as write
 
@@ -74,6 +91,16 @@ def write_checkpoint(out: Path, name: str) -> Path:
     write(out, hf, model)
     tok_mod.write_tokenizer(tok, out, "llama")
     return out
+
+
+def smollm2_dir() -> Path:
+    """The checkpoint `rl2f fetch-model smollm2` made; a clear exit where it is missing."""
+    from rl2f.model.gguf import model_dir
+
+    path = model_dir("smollm2")
+    if not (path / "config.json").is_file():
+        raise SystemExit(f"{path} is missing: run `rl2f fetch-model smollm2` first")
+    return path
 
 
 # --------------------------------------------------------------------------- providers
@@ -96,7 +123,8 @@ def run_rl2f(args, ckpt: Path) -> list[dict]:
             f"rollout.problems_per_batch={args.prompts}", f"rollout.max_new_tokens={args.new_tokens}",
             "rollout.temperature=1.0", "lora.rank=16", "lora.alpha=32.0", "train.lr=1e-5",
             f"train.micro_batch={args.micro_batch}", f"train.max_steps={args.warmup + args.steps}",
-            "train.beta=0.0", "train.clip_low=0.2", "train.clip_high=0.28"]
+            "train.beta=0.0", "train.clip_low=0.2", "train.clip_high=0.28",
+            "train.drop_zero_variance=false"]  # TRL trains a group whose rewards are all equal too
     cfg = load_config(RunConfig, None, sets)
     with tempfile.TemporaryDirectory() as out:
         train_grpo(cfg, out, task=BenchTask())
@@ -245,6 +273,8 @@ def bench_config(name: str, args) -> dict:
             providers.append(p)
     with tempfile.TemporaryDirectory() as tmp:
         ckpt = write_checkpoint(Path(tmp) / name, name)
+        if name == "smollm2":
+            row["checkpoint"] = str(ckpt)
 
         def one(provider, r):
             out = run_child(provider, ckpt, args)
@@ -274,7 +304,8 @@ def bench_config(name: str, args) -> dict:
 
 def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--configs", default=None, help="tiny and/or 1b (default: tiny on CPU, tiny,1b on GPU)")
+    ap.add_argument("--configs", default=None,
+                    help="comma list of tiny, 1b, smollm2 (default: tiny on CPU, tiny,1b on GPU)")
     ap.add_argument("--providers", default=",".join(PROVIDERS))
     ap.add_argument("--device", default=None, choices=["cpu", "cuda"])
     ap.add_argument("--prompts", type=int, default=4)
@@ -308,9 +339,14 @@ def main() -> None:
                "dtype": "bf16" if args.device == "cuda" else "fp32",
                "gradient_checkpointing": {"rl2f": gc, "trl": gc}},
         configs={})
-    for name in (args.configs or ("tiny,1b" if args.device == "cuda" else "tiny")).split(","):
+    default = "tiny,1b" if args.device == "cuda" else "tiny"
+    configs = (args.configs or default).split(",")
+    if unknown := set(configs) - set(CONFIGS):
+        raise SystemExit(f"unknown config(s) {', '.join(sorted(unknown))} ({', '.join(CONFIGS)})")
+    for name in configs:
         record["configs"][name] = bench_config(name, args)
-    harness.write_result(record, args.out or harness.RESULTS / f"grpo_step-{device_slug(device)}.json")
+    stem = "grpo_step" if configs == default.split(",") else f"grpo_step.{'+'.join(configs)}"
+    harness.write_result(record, args.out or harness.RESULTS / f"{stem}-{device_slug(device)}.json")
 
 
 if __name__ == "__main__":
