@@ -1,5 +1,6 @@
-"""Shared test fixtures: every test starts from the same torch seed; the real SmolLM2."""
+"""Shared test fixtures: every test starts from the same torch seed; the real models (SmolLM2, Gemma 3 270M)."""
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -28,13 +29,22 @@ def single_thread():
     torch.set_num_threads(before)
 
 
-@pytest.fixture(scope="session")
-def smollm2_dir():
-    """The SmolLM2 checkpoint `rl2f fetch-model smollm2` converted (tests never download): a
-    skip until it is fetched, a failure where RL2F_REQUIRE_REAL_MODELS=1 (CI fetches it)."""
-    path = model_dir("smollm2")
+def fetched_model(name: str) -> Path:
+    """The checkpoint `rl2f fetch-model NAME` converted (tests never download): a skip until it
+    is fetched, a failure where RL2F_REQUIRE_REAL_MODELS=1 (CI fetches it)."""
+    path = model_dir(name)
     if not (path / "config.json").is_file():
         if os.environ.get("RL2F_REQUIRE_REAL_MODELS") == "1":
-            pytest.fail(f"{path} is missing: run `rl2f fetch-model smollm2` before the tests")
-        pytest.skip("run `rl2f fetch-model smollm2` first")
+            pytest.fail(f"{path} is missing: run `rl2f fetch-model {name}` before the tests")
+        pytest.skip(f"run `rl2f fetch-model {name}` first")
     return path
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir():
+    return fetched_model("smollm2")
+
+
+@pytest.fixture(scope="session")
+def gemma3_270m_dir():
+    return fetched_model("gemma3-270m")

