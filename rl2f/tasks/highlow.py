@@ -29,13 +29,11 @@ from __future__ import annotations
 import functools
 import math
 import random
-import re
 
 from rl2f.errors import UserError
 from rl2f.tasks.base import Problem, Task, Verdict, check_option
+from rl2f.tasks.secret import stated_number
 
-_ANSWER = re.compile(r"answer\s*[:=]?\s*(-?\d+)", re.IGNORECASE)
-_INTEGER = re.compile(r"-?\d+")
 TOO_HIGH, TOO_LOW = "Too high.", "Too low."
 LOW, HIGH = 10, 99  # the secrets: two-digit numbers
 
@@ -86,11 +84,7 @@ class HighLowTask(Task):
     # --- grading and hints
 
     def extract_answer(self, text: str) -> str | None:
-        m = _ANSWER.findall(text)
-        if m:
-            return m[-1]
-        ints = _INTEGER.findall(text)
-        return ints[-1] if ints else None
+        return stated_number(text)
 
     def verify(self, text: str, problem: Problem) -> Verdict:
         answer = self.extract_answer(text)

@@ -20,6 +20,15 @@ _ANSWER = re.compile(r"answer\s*[:=]?\s*(-?\d+)", re.IGNORECASE)
 _INTEGER = re.compile(r"-?\d+")
 
 
+def stated_number(text: str) -> str | None:
+    """The number an attempt commits to: the last "Answer: N", else its last integer."""
+    m = _ANSWER.findall(text)
+    if m:
+        return m[-1]
+    ints = _INTEGER.findall(text)
+    return ints[-1] if ints else None
+
+
 def _digit_sum(n: int) -> int:
     return sum(map(int, str(n)))
 
@@ -73,11 +82,7 @@ class SecretNumberTask(Task):
         return out
 
     def extract_answer(self, text: str) -> str | None:
-        m = _ANSWER.findall(text)
-        if m:
-            return m[-1]
-        ints = _INTEGER.findall(text)
-        return ints[-1] if ints else None
+        return stated_number(text)
 
     def verify(self, text: str, problem: Problem) -> Verdict:
         answer = self.extract_answer(text)
