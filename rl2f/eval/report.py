@@ -213,7 +213,8 @@ REFERENCE_GREY = (150, 150, 150)
 
 def write_plots(report: dict, out_dir: str | Path) -> list[Path]:
     """accuracy.png (with the report's `reference_lines`, where it has them, in grey),
-    controls.png when decoy episodes were played (each model with feedback and with the decoy),
+    controls.png when decoy episodes were played (each model with the hints, the decoy's and the
+    random placebo's),
     and plasticity.png / correction.png when T >= 2."""
     out_dir = Path(out_dir)
     T = report["max_turns"]
@@ -231,11 +232,15 @@ def write_plots(report: dict, out_dir: str | Path) -> list[Path]:
                        "acc@t", turns)]
     decoy = [(name, m) for name, m in models.items() if "decoy_acc_at" in m and not name.endswith("_self_correct")]
     if decoy:
-        series = [s for name, m in decoy for s in (Series(name, m["acc_at"], None, colors[name]),
-                                                     Series(f"{name} decoy", m["decoy_acc_at"], None, colors[name],
-                                                            dashed=True))]
+        series = []
+        for name, m in decoy:
+            series += [Series(name, m["acc_at"], None, colors[name]),
+                       Series(f"{name} decoy", m["decoy_acc_at"], None, colors[name], dashed=True)]
+            if "placebo_acc_at" in m:
+                series.append(Series(f"{name} placebo", m["placebo_acc_at"], None, colors[name], dashed=True,
+                                     markers=False))
         paths.append(line_plot(series + references, out_dir / "controls.png",
-                               "acc@t: hints (solid), a decoy's hints (dashed)", "turn t", "acc@t",
+                               "acc@t: hints; a decoy's (dashed, dots); placebo (dashed)", "turn t", "acc@t",
                                turns))
     if T >= 2:
         for key, file, title in (("plasticity", "plasticity.png", "Plasticity: answer changed after feedback"),
