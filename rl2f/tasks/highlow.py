@@ -31,14 +31,14 @@ import math
 import random
 
 from rl2f.errors import UserError
-from rl2f.tasks.base import Problem, Task, Verdict, check_option
-from rl2f.tasks.secret import stated_number
+from rl2f.tasks.base import Problem, Verdict, check_option
+from rl2f.tasks.secret import NumberGuessTask
 
 TOO_HIGH, TOO_LOW = "Too high.", "Too low."
 LOW, HIGH = 10, 99  # the secrets: two-digit numbers
 
 
-class HighLowTask(Task):
+class HighLowTask(NumberGuessTask):
     name = "highlow"
     system_prompt = ""  # the prompt says the answer format; the tiny model needs no preamble
 
@@ -83,22 +83,16 @@ class HighLowTask(Task):
 
     # --- grading and hints
 
-    def extract_answer(self, text: str) -> str | None:
-        return stated_number(text)
-
-    def verify(self, text: str, problem: Problem) -> Verdict:
-        answer = self.extract_answer(text)
-        return Verdict(answer is not None and answer == problem.answer, answer)
-
-    def _guess(self, verdict: Verdict) -> int | None:
-        g = verdict.answer
-        return int(g) if g is not None and g.isdigit() and LOW <= int(g) <= HIGH else None
+    @staticmethod
+    def _guess(answer: str | None) -> int | None:
+        """The number an extracted answer names, if it is a two-digit one (else the format hint)."""
+        return int(answer) if answer is not None and answer.isdigit() and LOW <= int(answer) <= HIGH else None
 
     def format_hint(self) -> str:
         return f"Give a number from {LOW} to {HIGH} as 'Answer: N'."
 
     def hint(self, problem: Problem, attempt: str, verdict: Verdict) -> str:
-        guess = self._guess(verdict)
+        guess = self._guess(verdict.answer)
         if guess is None:
             return self.format_hint()
         return TOO_HIGH if guess > int(problem.answer) else TOO_LOW
@@ -108,10 +102,10 @@ class HighLowTask(Task):
         """"Too high." with the prior's probability of a secret below the guess, among the
         candidates that neither the guess nor the `earlier` attempts ruled out: the real hint's
         distribution for a student that ignores hints, with no information about the secret."""
-        guess = self._guess(verdict)
+        guess = self._guess(verdict.answer)
         if guess is None:
             return self.format_hint()  # depends on the attempt only, as the real hint does
-        ruled_out = {guess} | {a for a in (self._guess(Verdict(False, self.extract_answer(e))) for e in earlier) if a}
+        ruled_out = {guess} | {self._guess(self.extract_answer(e)) for e in earlier}
         left = [x for x in self.candidates(problem.info["residue"]) if x not in ruled_out]
         below = sum(self.weight(x) for x in left if x < guess)
         total = sum(self.weight(x) for x in left)
@@ -127,9 +121,6 @@ class HighLowTask(Task):
             left = self.candidates(problem.info["residue"])
         secret = rng.choices(left, [self.weight(x) for x in left])[0]
         return Problem(problem.id, problem.prompt, str(secret), dict(problem.info))
-
-    def answer_forms(self, problem: Problem) -> list[str]:
-        return [problem.answer]
 
     # --- the reference lines: what ignoring hints and using them perfectly are worth
 

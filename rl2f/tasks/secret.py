@@ -39,7 +39,22 @@ def candidates(digit_sum: int, digits: int = 2) -> list[int]:
     return [n for n in range(lo, hi) if sum(map(int, str(n))) == digit_sum]
 
 
-class SecretNumberTask(Task):
+class NumberGuessTask(Task):
+    """A task whose answer is one number: the attempt's stated number (`stated_number`), right
+    when it is the answer's digits exactly. The hidden-information tasks, secret and highlow."""
+
+    def extract_answer(self, text: str) -> str | None:
+        return stated_number(text)
+
+    def verify(self, text: str, problem: Problem) -> Verdict:
+        answer = self.extract_answer(text)
+        return Verdict(answer is not None and answer == problem.answer, answer)
+
+    def answer_forms(self, problem: Problem) -> list[str]:
+        return [problem.answer]
+
+
+class SecretNumberTask(NumberGuessTask):
     name = "secret"
     system_prompt = ""  # the prompt says the answer format; the tiny model needs no preamble
 
@@ -81,13 +96,6 @@ class SecretNumberTask(Task):
             out.append(Problem(f"{self.id_prefix}-{split}-{seed}-{i}", self.prompt(s), str(secret), {"digit_sum": s}))
         return out
 
-    def extract_answer(self, text: str) -> str | None:
-        return stated_number(text)
-
-    def verify(self, text: str, problem: Problem) -> Verdict:
-        answer = self.extract_answer(text)
-        return Verdict(answer is not None and answer == problem.answer, answer)
-
     def hint(self, problem: Problem, attempt: str, verdict: Verdict) -> str:
         guess = verdict.answer
         if guess is None or not guess.isdigit() or len(guess) != self.digits:
@@ -109,10 +117,6 @@ class SecretNumberTask(Task):
         pos = rng.randrange(self.digits)
         name = names[pos] if pos < len(names) else f"digit {pos + 1}"
         return f"The {name} digit is {rng.choice(['too high', 'too low'])}."
-
-    def answer_forms(self, problem: Problem) -> list[str]:
-        return [problem.answer]
-
 
 def hints_consistent(guess: int, hints: list[tuple[int, str]]) -> bool:
     """Whether `guess` agrees with every (previous guess, hint) pair seen so far."""
