@@ -31,12 +31,12 @@ def decisive_turn(report: dict) -> int:
     return min(DECISIVE_TURN, report["max_turns"])
 
 
-def claim(report: dict) -> dict:
+def claim(report: dict, baselines: tuple[str, ...] = BASELINES) -> dict:
     """{check: {delta, ci, holds}, ..., turn, holds, context} from an in-distribution report
     with the contrasts "rl2f - <baseline>" for every baseline (decoy content effects included)."""
     t = decisive_turn(report)
     checks: dict = {}
-    for other in BASELINES:
+    for other in baselines:
         c = report["contrasts"][f"rl2f - {other}"]
         ci = c["delta_acc_at_ci"][t - 1]
         checks[f"acc_vs_{other}"] = {"delta": c["delta_acc_at"][t - 1], "ci": ci, "holds": _above_zero(ci)}
@@ -72,7 +72,7 @@ def claim_markdown(report: dict) -> str:
              f"Decided at turn {t} (fixed before the run), paired over training seeds {report['seeds']} and problems "
              "(95% intervals of a bootstrap over seeds, then problems); a check holds when its interval lies above 0.",
              "", "| check | difference | 95% CI | holds |", "|---|---|---|---|"]
-    for other in BASELINES:
+    for other in (b for b in BASELINES if f"acc_vs_{b}" in c):
         v = c[f"acc_vs_{other}"]
         lines.append(f"| acc@{t}: RL2F - {other} | {v['delta']:+.3f} | {_ci(v['ci'])} | {'yes' if v['holds'] else 'no'} |")
     v = c["decoy_content_effect_vs_base"]

@@ -178,13 +178,15 @@ class Stages:
 
 
 def train_arm(arm: str, cfg: RunConfig, out: Path, b: dict, lr: float, stages: Stages,
-              rl2f_metrics: dict | None = None) -> tuple[str, dict]:
+              rl2f_metrics: dict | None = None, resume: Path | None = None) -> tuple[str, dict]:
     """Train one arm from the base of `cfg` into OUT/<arm>; returns (its adapter, the last
     step's metrics, plus RLVR's group size). RLVR needs the RL2F run's metrics: it takes as
     many steps with a group as much larger as RL2F's episodes were longer, so that it
     generates as many student tokens (the paper's companion used group 32 against 8 for the
-    same reason); RL2F's token count also bounds it."""
+    same reason); RL2F's token count also bounds it. The RL arms save a checkpoint every
+    b["save_every"] steps (0: at the end only); `resume` continues an interrupted run."""
     steps = b["rl2f_steps"]
+    save_every = b.get("save_every", 0)
     if arm == "sft":  # the base's own solved dialogues with the teacher (the paper's SFT baseline)
         done = stages.start(arm, f"{b['sft_steps']} LoRA steps on the base's solved dialogues of "
                                  f"{b['sft_problems']} problems, lr {lr:g}")
@@ -200,7 +202,7 @@ def train_arm(arm: str, cfg: RunConfig, out: Path, b: dict, lr: float, stages: S
     elif arm == "rl2f":
         done = stages.start(arm, f"{steps} GRPO steps, {cfg.rollout.max_turns}-turn episodes with the teacher, "
                                  f"lr {lr:g}")
-        arm_cfg = _with(cfg, train={"method": "rl2f", "max_steps": steps, "save_every": 0, "lr": lr})
+        arm_cfg = _with(cfg, train={"method": "rl2f", "max_steps": steps, "save_every": save_every, "lr": lr})
     elif arm == "rlvr":
         budget = int(rl2f_metrics["student_tokens_total"])
         episodes = rl2f_metrics["step"] * cfg.rollout.problems_per_batch * cfg.rollout.group_size
@@ -208,11 +210,11 @@ def train_arm(arm: str, cfg: RunConfig, out: Path, b: dict, lr: float, stages: S
         done = stages.start(arm, f"{steps} single-turn GRPO steps, group {group}, until {budget} student tokens, "
                                  f"lr {lr:g}")
         arm_cfg = _with(cfg, rollout={"group_size": group},
-                        train={"method": "rlvr", "max_steps": steps, "max_student_tokens": budget, "save_every": 0,
-                               "lr": lr})
+                        train={"method": "rlvr", "max_steps": steps, "max_student_tokens": budget,
+                               "save_every": save_every, "lr": lr})
     else:
         raise ValueError(f"unknown arm {arm!r}")
-    metrics = train(arm_cfg, out / arm)
+    metrics = train(arm_cfg, out / arm, resume=resume)
     if arm == "rlvr":
         metrics = {**metrics, "group_size": arm_cfg.rollout.group_size}
     done()

@@ -35,18 +35,33 @@ from rl2f.tasks.base import Problem, Verdict, check_option
 from rl2f.tasks.secret import NumberGuessTask
 
 TOO_HIGH, TOO_LOW = "Too high.", "Too low."
-LOW, HIGH = 10, 99  # the secrets: two-digit numbers
+LOW, HIGH = 10, 99  # the default secrets: two-digit numbers
+# The "chat" wording, for pretrained instruct models (the real-model run, rl2f/demo/real.py):
+# SmolLM2-135M-Instruct named a number on about half of its first replies with this system
+# prompt and far fewer without it (a measurement of five wordings, issue #26).
+CHAT_SYSTEM_PROMPT = "You are playing a number guessing game. Always reply with a single number and nothing else."
 
 
 class HighLowTask(NumberGuessTask):
+    """Options: `modulus` (the prompt gives the secret's remainder; 1 = no clue), `prior`
+    (secrets weighted exp(-prior x (n // modulus)): for the defaults, the tens digit),
+    `residues`, `low`/`high` (the secrets' range, default 10-99), `wording` ("terse": the
+    tiny model's one-line prompt and "Answer: N"; "chat": sentences and a system prompt for
+    a pretrained instruct model), `name`."""
     name = "highlow"
-    system_prompt = ""  # the prompt says the answer format; the tiny model needs no preamble
 
     def __init__(self, modulus: int = 10, prior: float = 0.2, residues: list[int] | None = None,
-                 name: str | None = None):
-        # modulus 2-30: 3 to 45 candidates per prompt; 10 (the default) gives the last digit
-        self.modulus = check_option("highlow", "modulus", modulus, int, 2, 30)
-        self.prior = check_option("highlow", "prior", prior, float, -10, 10)  # negative favours high tens digits
+                 name: str | None = None, low: int = LOW, high: int = HIGH, wording: str = "terse"):
+        self.low = check_option("highlow", "low", low, int, 0, 10**6)
+        self.high = check_option("highlow", "high", high, int, self.low + 1, 10**6)
+        # modulus 1-30: 1 gives no clue; 10 (the default) gives the last digit
+        self.modulus = check_option("highlow", "modulus", modulus, int, 1, 30)
+        self.prior = check_option("highlow", "prior", prior, float, -10, 10)  # negative favours high numbers
+        if wording not in ("terse", "chat"):
+            raise UserError(f"task 'highlow': option wording must be 'terse' or 'chat', got {wording!r}")
+        self.wording = wording
+        # the terse prompt says the answer format; the tiny model needs no preamble
+        self.system_prompt = CHAT_SYSTEM_PROMPT if wording == "chat" else ""
         self.residues = list(range(self.modulus)) if residues is None else residues
         if not isinstance(self.residues, list) or not self.residues:
             raise UserError(f"task 'highlow': option residues must be a non-empty list, got {residues!r}")
@@ -60,13 +75,18 @@ class HighLowTask(NumberGuessTask):
 
     def candidates(self, residue: int) -> list[int]:
         """The numbers a prompt with this residue allows, ascending."""
-        return [n for n in range(LOW, HIGH + 1) if n % self.modulus == residue]
+        return [n for n in range(self.low, self.high + 1) if n % self.modulus == residue]
 
     def weight(self, n: int) -> float:
-        return math.exp(-self.prior * (n // 10))
+        return math.exp(-self.prior * (n // self.modulus))
 
     def prompt(self, residue: int) -> str:
-        return f"Secret number from {LOW} to {HIGH}, remainder {residue} when divided by {self.modulus}. Answer: ?"
+        lo, hi, m = self.low, self.high, self.modulus
+        if self.wording == "terse":
+            return f"Secret number from {lo} to {hi}, remainder {residue} when divided by {m}. Answer: ?"
+        clue = ("" if m == 1 else f" Its last digit is {residue}." if m == 10
+                else f" It leaves remainder {residue} when divided by {m}.")
+        return f"I am thinking of a secret number from {lo} to {hi}.{clue} Guess the number. Reply with only the number."
 
     def problems(self, n: int, seed: int = 0, split: str = "train") -> list[Problem]:
         # Each split draws its own instances (ids never shared); with a handful of prompts the
@@ -83,13 +103,14 @@ class HighLowTask(NumberGuessTask):
 
     # --- grading and hints
 
-    @staticmethod
-    def _guess(answer: str | None) -> int | None:
-        """The number an extracted answer names, if it is a two-digit one (else the format hint)."""
-        return int(answer) if answer is not None and answer.isdigit() and LOW <= int(answer) <= HIGH else None
+    def _guess(self, answer: str | None) -> int | None:
+        """The number an extracted answer names, if it is in the range (else the format hint)."""
+        return int(answer) if answer is not None and answer.isdigit() and self.low <= int(answer) <= self.high else None
 
     def format_hint(self) -> str:
-        return f"Give a number from {LOW} to {HIGH} as 'Answer: N'."
+        if self.wording == "chat":
+            return f"Reply with only a number from {self.low} to {self.high}."
+        return f"Give a number from {self.low} to {self.high} as 'Answer: N'."
 
     def hint(self, problem: Problem, attempt: str, verdict: Verdict) -> str:
         guess = self._guess(verdict.answer)
