@@ -14,6 +14,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from rl2f.demo import pipeline
 from rl2f.demo.real import BUDGETS, run_real
 from rl2f.episodes import read_episodes
 from rl2f.errors import UserError
@@ -58,6 +59,15 @@ def test_chat_wording_names_the_clue_and_the_terse_default_is_unchanged():
     assert terse.format_hint() == "Give a number from 10 to 99 as 'Answer: N'."
     p = Problem("x", terse.prompt(7), "47", {"residue": 7})
     assert terse.hint(p, "Answer: 57", terse.verify("Answer: 57", p)) == "Too high."
+
+
+def test_model_without_real_is_refused(tmp_path):
+    from click.testing import CliRunner
+
+    from rl2f.cli.main import cli
+    result = CliRunner().invoke(cli, ["demo", "--quick", "--seeds", "0", "--jobs", "1", "--model", "/nowhere",
+                                      "--out", str(tmp_path / "out")])
+    assert result.exit_code != 0 and "--model applies to --real runs only" in result.output
 
 
 @pytest.mark.parametrize("options, word", [
@@ -141,7 +151,7 @@ def _adapter(run: Path, arm: str) -> dict[str, torch.Tensor]:
     return load_file(next((find_checkpoint(run / "seed0" / arm) / "adapter").glob("*.safetensors")))
 
 
-def test_a_run_killed_mid_arm_continues_to_the_uninterrupted_adapter(tmp_path, smollm2_dir):
+def test_a_run_killed_mid_arm_continues_to_the_uninterrupted_adapter(tmp_path, smollm2_dir, monkeypatch):
     killed = tmp_path / "killed"
     env = dict(os.environ, OMP_NUM_THREADS="1")
     child = subprocess.Popen([sys.executable, "-c", _CHILD.format(budgets=RESUME_BUDGETS), str(killed), str(smollm2_dir)],
@@ -160,7 +170,14 @@ def test_a_run_killed_mid_arm_continues_to_the_uninterrupted_adapter(tmp_path, s
     steps_before = [c.name for c in complete_checkpoints(arm)]
     assert steps_before and steps_before[-1] != "step-000003"
 
+    calls = []  # (arm directory, resume) of every training the continued run starts
+    train = pipeline.train
+    monkeypatch.setattr(pipeline, "train", lambda cfg, out, resume=None: calls.append((out, resume)) or train(cfg, out, resume))
     resumed = run_real(killed, seeds=[0], quick=True, jobs=1, model=smollm2_dir, budgets=RESUME_BUDGETS)
+    # SFT was done before the kill and is kept; RL2F continues from its checkpoint (not from
+    # scratch, which would give the same adapter too); RLVR had not started
+    assert calls == [(arm, arm), (killed / "seed0" / "rlvr", None)]
+    monkeypatch.undo()
     whole = run_real(tmp_path / "whole", seeds=[0], quick=True, jobs=1, model=smollm2_dir, budgets=RESUME_BUDGETS)
     for name in ("rl2f", "rlvr"):  # RLVR's budget is RL2F's token count: equal only if the resume is exact
         a, b = _adapter(killed, name), _adapter(tmp_path / "whole", name)

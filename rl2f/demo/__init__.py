@@ -1,4 +1,5 @@
 """`rl2f demo`: the paper's central claim at toy scale, on a CPU, nothing downloaded.
+(`rl2f demo --real`, rl2f/demo/real.py: the same arms and controls on a real pretrained model.)
 
 1. The task (rl2f/tasks/highlow.py): name a secret two-digit number from its last digit; after
    a wrong guess the teacher says only "Too high." or "Too low.". Its exact ceilings (the best

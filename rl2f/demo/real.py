@@ -405,10 +405,10 @@ def evidence_markdown(report: dict) -> str:
         f"exp(-{TASK['prior']} n), in the chat wording (rl2f/tasks/highlow.py, rl2f/demo/real.py). Exact reference "
         f"lines: the best hint-blind student reaches acc@{T} {ref['hint-blind ceiling'][T - 1]:.3f}, the best hint "
         f"user {ref['hint-optimal ceiling'][T - 1]:.3f} (turn 1: {ref['hint-blind ceiling'][0]:.3f}).",
-        f"- From the same base: SFT (LoRA, {b['sft_steps']} steps on the base's solved dialogues with the teacher "
-        f"from {b['sft_problems']} problems x 4); RL2F ({b['rl2f_steps']} GRPO steps on {T}-turn episodes with the "
-        f"teacher, gamma 1); RLVR (single-turn GRPO, the same steps, group {', '.join(map(str, groups))} against "
-        "8, stopped at RL2F's student tokens).",
+        f"- From the same base: SFT (LoRA, {'/'.join(str(r['sft_steps']) for r in runs)} steps per seed, 3 epochs "
+        f"over the base's solved dialogues with the teacher from {b['sft_problems']} problems x 4); RL2F ({b['rl2f_steps']} GRPO steps on {T}-turn episodes with the "
+        f"teacher, gamma 1); RLVR (single-turn GRPO, group {', '.join(map(str, groups))} against 8, stopped at "
+        f"RL2F's student tokens: {'/'.join(str(r['rlvr_steps']) for r in runs)} steps).",
         "- Learning rates: " + ", ".join(f"{a} {lr:g}" for a, lr in report["lr"].items())
         + (" (chosen by `rl2f demo --real --tune`: acc@4 with the hints, tuning seed "
            f"{TUNING_SEEDS[0]}, problems of task seed {TUNING_TASK_SEED}, never reported)." if report["tuning"]
