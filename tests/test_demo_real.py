@@ -131,6 +131,10 @@ def test_a_rerun_keeps_what_is_done_and_other_settings_are_refused(toy_run, smol
     again = run_real(out, seeds=[0], quick=True, jobs=1, model=smollm2_dir)
     assert adapter.stat().st_mtime_ns == before  # nothing retrained
     assert again["models"]["rl2f"]["acc_at"] == report["models"]["rl2f"]["acc_at"]
+    # the stages' timings are the first invocation's, not the skips'
+    assert set(report["runs"][0]["stage_cpu_seconds"]) == {"sft", "rl2f", "rlvr", "eval base", "eval sft", "eval rlvr",
+                                                           "eval rl2f"}
+    assert again["runs"][0]["stage_cpu_seconds"] == report["runs"][0]["stage_cpu_seconds"]
     run = json.loads((out / "run.json").read_text())
     assert len(run["invocations"]) == 2
     assert run["wall_seconds"] == pytest.approx(sum(i["wall_seconds"] for i in run["invocations"]))

@@ -26,8 +26,8 @@ training seeds, then problems; `rl2f.demo.claim` decides the claim at turn 4 aga
 SFT and RLVR, and by the decoy content effect against the base's.
 
 Resumable: every stage leaves its result in OUT (a trained arm's `done.json`, an evaluated
-model's episode files); a rerun of the same command skips what is done, continues an arm from
-its last checkpoint (every `save_every` steps, bit-exact: the loop's RNG states are saved), and
+model's episode files and `<model>.done.json`, each with the stage's wall and CPU seconds); a
+rerun of the same command skips what is done, continues an arm from its last checkpoint (every `save_every` steps, bit-exact: the loop's RNG states are saved), and
 refuses other settings than the run's first (OUT/settings.json). OUT/run.json records the
 wall and CPU seconds of every invocation and their totals.
 """
@@ -161,6 +161,7 @@ def resumable_arm(arm: str, cfg: RunConfig, out: Path, b: dict, lr: float, stage
     if done.is_file():
         saved = json.loads(done.read_text())
         _log(stages.who, f"{arm}: done before ({saved['metrics'].get('step')} steps), kept")
+        stages.seconds[arm], stages.cpu[arm] = saved["seconds"], saved["cpu_seconds"]  # what it cost then
         return saved["adapter"], saved["metrics"]
     resume = out / arm if (out / arm).is_dir() and complete_checkpoints(out / arm) else None
     if resume is None:
@@ -169,7 +170,8 @@ def resumable_arm(arm: str, cfg: RunConfig, out: Path, b: dict, lr: float, stage
         _log(stages.who, f"{arm}: continuing from {max(complete_checkpoints(out / arm)).name}")
     adapter, metrics = train_arm(arm, cfg, out, b, lr, stages, rl2f_metrics, resume=resume)
     metrics = {k: v for k, v in metrics.items() if isinstance(v, (int, float, str))}
-    _write_json(done, {"adapter": adapter, "metrics": metrics})
+    _write_json(done, {"adapter": adapter, "metrics": metrics, "seconds": stages.seconds[arm],
+                       "cpu_seconds": stages.cpu[arm]})
     return adapter, metrics
 
 
@@ -179,9 +181,12 @@ def resumable_eval(cfg: RunConfig, models: dict[str, str | None], sets, seed: in
     leaves a model played completely or not at all)."""
     K = b["pass_at_k"] if pass_at_k is None else pass_at_k
     for name, adapter in models.items():
-        if (out / f"{name}.done").is_file():
+        stage, marker = f"eval {name}", out / f"{name}.done.json"
+        if marker.is_file():
+            saved = json.loads(marker.read_text())
+            stages.seconds[stage], stages.cpu[stage] = saved["seconds"], saved["cpu_seconds"]
             continue
-        done = stages.start(f"eval {name}", f"{len(sets[0][1])} problems: {', '.join(controls)}"
+        done = stages.start(stage, f"{len(sets[0][1])} problems: {', '.join(controls)}"
                             + (f", pass@{K}" if K else ""))
         tmp = out / f".{name}.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
@@ -190,8 +195,8 @@ def resumable_eval(cfg: RunConfig, models: dict[str, str | None], sets, seed: in
         for f in tmp.iterdir():
             os.replace(f, out / f.name)
         tmp.rmdir()
-        (out / f"{name}.done").write_text("")
         done()
+        _write_json(marker, {"seconds": stages.seconds[stage], "cpu_seconds": stages.cpu[stage]})
 
 
 def _write_json(path: Path, data) -> None:
