@@ -3,7 +3,7 @@ teacher's hints, with retry, and with both placebos in the hints' words, so that
 base (Gemma 3 270M, the paper's model family) is measured where SmolLM2 is trained.
 
     rl2f fetch-model smollm2 && rl2f fetch-model gemma3-270m
-    python -m benchmarks.real_bases --out benchmarks/results/real-smollm2/bases
+    python -m benchmarks.real_bases --out benchmarks/results/real-smollm2 --seeds 0
 
 Writes OUT/bases.json and OUT/bases.md; settings are rl2f/demo/real.py's (same task, same
 held-out problems, temperature, turns and seeds as the run's base row).
