@@ -163,11 +163,12 @@ def resumable_arm(arm: str, cfg: RunConfig, out: Path, b: dict, lr: float, stage
         _log(stages.who, f"{arm}: done before ({saved['metrics'].get('step')} steps), kept")
         stages.seconds[arm], stages.cpu[arm] = saved["seconds"], saved["cpu_seconds"]  # what it cost then
         return saved["adapter"], saved["metrics"]
-    resume = out / arm if (out / arm).is_dir() and complete_checkpoints(out / arm) else None
+    checkpoints = complete_checkpoints(out / arm)  # oldest first; [] where there is none
+    resume = out / arm if checkpoints else None
     if resume is None:
         shutil.rmtree(out / arm, ignore_errors=True)
     else:
-        _log(stages.who, f"{arm}: continuing from {max(complete_checkpoints(out / arm)).name}")
+        _log(stages.who, f"{arm}: continuing from {checkpoints[-1].name}")
     adapter, metrics = train_arm(arm, cfg, out, b, lr, stages, rl2f_metrics, resume=resume)
     metrics = {k: v for k, v in metrics.items() if isinstance(v, (int, float, str))}
     _write_json(done, {"adapter": adapter, "metrics": metrics, "seconds": stages.seconds[arm],
